@@ -1,0 +1,71 @@
+"""Pure model definitions, the architecture registry, and the one public loader."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.artifact import ArtifactError, load_tensors, read_manifest, save_artifact
+from models.cnn import CNN, CNNConfig
+from models.resnet import ResNet, ResNetConfig
+
+__all__ = ["ARCHITECTURES", "ArtifactError", "Architecture", "build", "config_to_dict", "load", "save_artifact"]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    config_class: type
+    module_class: Callable[[Any], nn.Module]
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "cnn": Architecture(CNNConfig, CNN),
+    "resnet": Architecture(ResNetConfig, ResNet),
+}
+
+
+def _config_from_dict(config_class: type, values: dict[str, Any]) -> Any:
+    fields = {field.name: field for field in dataclasses.fields(config_class)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ArtifactError(f"unknown {config_class.__name__} fields: {sorted(unknown)}")
+    # JSON has no tuples; dataclass defaults that are tuples get their lists converted back.
+    converted = {
+        key: tuple(value) if isinstance(value, list) else value for key, value in values.items()
+    }
+    return config_class(**converted)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return {key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(config).items()}
+
+
+def build(architecture: str, config: dict[str, Any]) -> nn.Module:
+    """Build a randomly initialised module from an architecture name and its config dict."""
+    if architecture not in ARCHITECTURES:
+        raise ArtifactError(f"unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
+    entry = ARCHITECTURES[architecture]
+    return entry.module_class(_config_from_dict(entry.config_class, config))
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the module described by the artifact at ``path``, verify and load its weights.
+
+    Returns ``(module, manifest)`` with the module on ``device`` in eval mode.
+    """
+    directory = Path(path)
+    manifest = read_manifest(directory)
+    module = build(manifest["architecture"], manifest["config"])
+    tensors = load_tensors(directory, manifest)
+    missing, unexpected = module.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise ArtifactError(f"{directory}: weights do not fit the architecture "
+                            f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return module.to(device).eval(), manifest

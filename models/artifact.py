@@ -1,0 +1,70 @@
+"""Save and load model artifacts: ``model.safetensors`` + ``manifest.json``, sha256-verified.
+
+An artifact directory is ``weights/<name>/<version>/``. The manifest carries everything needed to
+rebuild the module (architecture + config) and to serve it (task, labels, preprocessing), plus how
+it was trained and what it scored on held-out data. Tensors are never pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+WEIGHTS_FILE = "model.safetensors"
+MANIFEST_FILE = "manifest.json"
+REQUIRED_KEYS = ("name", "version", "task", "architecture", "config", "sha256")
+
+
+class ArtifactError(ValueError):
+    """The artifact on disk is missing, malformed or does not match its recorded hash."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_artifact(module: torch.nn.Module, manifest: dict[str, Any], directory: Path) -> Path:
+    """Write the module's tensors and the manifest (with the weights' hash) into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    weights_path = directory / WEIGHTS_FILE
+    state = {key: value.detach().contiguous().cpu() for key, value in module.state_dict().items()}
+    save_file(state, str(weights_path))
+    full_manifest = {**manifest, "sha256": sha256_of(weights_path)}
+    (directory / MANIFEST_FILE).write_text(json.dumps(full_manifest, indent=2, sort_keys=False) + "\n")
+    return directory
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{path} does not exist")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path} is not valid JSON: {exc}") from exc
+    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    if missing:
+        raise ArtifactError(f"{path} lacks {', '.join(missing)}")
+    return manifest
+
+
+def load_tensors(directory: Path, manifest: dict[str, Any], device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Load the tensors after checking them against the manifest's sha256."""
+    weights_path = directory / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise ArtifactError(f"{weights_path} does not exist")
+    actual = sha256_of(weights_path)
+    if actual != manifest["sha256"]:
+        raise ArtifactError(
+            f"{weights_path} has sha256 {actual[:12]}…, the manifest says {manifest['sha256'][:12]}…"
+        )
+    return load_file(str(weights_path), device=device)

@@ -1,0 +1,1 @@
+"""Training recipes: ``python -m training <model-name>`` writes ``weights/<name>/<version>/``."""
