@@ -15,7 +15,7 @@ from models.artifact import ArtifactError, load_tensors, read_manifest, save_art
 from models.cnn import CNN, CNNConfig
 from models.resnet import ResNet, ResNetConfig
 
-__all__ = ["ARCHITECTURES", "ArtifactError", "Architecture", "build", "config_to_dict", "load", "save_artifact"]
+__all__ = ["ARCHITECTURES", "Architecture", "ArtifactError", "build", "config_to_dict", "load", "save_artifact"]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,49 @@
+# The README's two commands are `make serve` and `make test`; both set up .venv on a fresh clone.
+# Settings pass through: `make serve SERVE_PORT=9000` or `SERVE_PORT=9000 make serve`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SERVE_HOST ?= 127.0.0.1
+SERVE_PORT ?= 8000
+PYTEST_ARGS ?=
+export SERVE_HOST SERVE_PORT
+.EXPORT_ALL_VARIABLES:
+
+.PHONY: setup serve test test-load test-accuracy test-all lint bench docker-build train-% clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
+	touch $@
+
+serve: setup
+	$(BIN)/python -m service
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-load: setup
+	$(BIN)/python -m pytest -q -m load $(PYTEST_ARGS)
+
+test-accuracy: setup
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+test-all: test test-accuracy test-load lint
+
+lint: setup
+	$(BIN)/ruff check models training service tests bench
+	$(BIN)/mypy service models
+
+bench: setup
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+train-%: setup
+	$(BIN)/python -m training $* $(TRAIN_ARGS)
+
+docker-build:
+	docker build --network host -t serve:cpu $(DOCKER_ARGS) .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,39 @@
+"""``python -m service``: serve the models under SERVE_WEIGHTS_DIR with uvicorn.
+
+Every flag is a setting (``--port 9000`` is ``SERVE_PORT=9000``); flags win over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from service.logging_setup import configure_logging
+from service.main import create_app
+from service.settings import Settings
+
+
+def parse_overrides(argv: list[str]) -> dict[str, str]:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    for name, field in Settings.model_fields.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=field.description)
+    args = parser.parse_args(argv)
+    return {name: value for name, value in vars(args).items() if value is not None}
+
+
+def main(argv: list[str] | None = None) -> None:
+    overrides = parse_overrides(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SystemExit(f"invalid settings:\n{exc}") from None
+    configure_logging(settings.log_level, settings.log_format)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                log_config=None, access_log=False, timeout_graceful_shutdown=10)
+
+
+if __name__ == "__main__":
+    main()

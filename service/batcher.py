@@ -1,0 +1,312 @@
+"""HTTP-agnostic dynamic batcher: one bounded queue and one batching task per model version.
+
+A request's inputs become items, each with its own future and its arrival-based deadline. A batch
+closes when it holds ``max_batch_size`` items, when ``max_delay_s`` has passed since its first item,
+or at once when the model is idle (no forward running), so a lone request never waits. One closed
+batch may wait for the running one (a pipeline of depth one keeps the device fed). Items whose
+future is already done (the client went away, or its deadline passed) are dropped before the
+forward. The forward runs in the device's executor, off the event loop. A forward that raises
+fails only its own batch; an executor that can no longer run anything kills the batcher, which
+then fails every waiting item and reports not alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import BrokenExecutor, Executor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+log = logging.getLogger("service.batcher")
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    max_batch_size: int = 32
+    max_delay_s: float = 0.002
+    max_queue: int = 512  # items (inputs), not requests
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_queue < 1 or self.max_delay_s < 0:
+            raise ValueError(f"invalid batching config {self}")
+
+
+class QueueFull(Exception):
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"queue full; retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(Exception):
+    pass
+
+
+class ModelUnavailable(Exception):
+    pass
+
+
+class BatchFailed(Exception):
+    """The forward of the batch this item was in raised; ``__cause__`` holds the original."""
+
+
+class WorkerFatal(Exception):
+    """Raised by a forward when its device can run nothing more (the worker is dead)."""
+
+
+class BatchObserver(Protocol):
+    def batch_done(self, size: int, seconds: float) -> None: ...
+    def queue_depth(self, depth: int) -> None: ...
+    def dropped(self, reason: str, count: int) -> None: ...
+
+
+class _NullObserver:
+    def batch_done(self, size: int, seconds: float) -> None:
+        pass
+
+    def queue_depth(self, depth: int) -> None:
+        pass
+
+    def dropped(self, reason: str, count: int) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class _Item:
+    payload: Any
+    future: asyncio.Future[Any]
+    deadline: float
+    enqueued: float
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    if isinstance(exc, BrokenExecutor | WorkerFatal):
+        return True
+    # CUDA errors are sticky: after one, every later kernel launch on that context fails too.
+    return isinstance(exc, RuntimeError) and "CUDA error" in str(exc)
+
+
+class Batcher:
+    """Collects items from many requests into batches for ``run_batch(payloads) -> results``."""
+
+    def __init__(self, name: str, run_batch: Callable[[list[Any]], Sequence[Any]], config: BatchConfig,
+                 executor: Executor, observer: BatchObserver | None = None) -> None:
+        self.name = name
+        self.config = config
+        self._run_batch = run_batch
+        self._executor = executor
+        self._observer = observer or _NullObserver()
+        self._queue: deque[_Item] = deque()
+        self._changed = asyncio.Event()  # an item arrived or the forward finished
+        self._running: asyncio.Future[Any] | None = None
+        self._closed: list[_Item] = []  # a batch waiting for the running forward to finish
+        self._task: asyncio.Task[None] | None = None
+        self._dead_reason: str | None = None
+        self._batch_seconds_ema = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher:{self.name}")
+            self._task.add_done_callback(self._on_loop_exit)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._die("the model is shutting down")
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and self._dead_reason is None
+
+    @property
+    def dead_reason(self) -> str | None:
+        return self._dead_reason
+
+    @property
+    def depth(self) -> int:
+        return sum(1 for item in self._queue if not item.future.done())
+
+    # -- the client side ---------------------------------------------------------------------
+    async def submit(self, payloads: Sequence[Any], deadline: float) -> list[Any]:
+        """Queue the payloads; return their results in order. ``deadline`` is ``time.monotonic()`` based.
+
+        Raises QueueFull at once when they don't fit, DeadlineExceeded when the deadline passes,
+        ModelUnavailable when the batcher is dead, BatchFailed when their forward raised.
+        Cancelling the caller (the client went away) drops its items before their forward.
+        """
+        if not self.alive:
+            raise ModelUnavailable(self._dead_reason or "the model is not started")
+        if self._waiting() + len(payloads) > self.config.max_queue:
+            self._purge()
+            if self._waiting() + len(payloads) > self.config.max_queue:
+                self._observer.dropped("queue_full", len(payloads))
+                raise QueueFull(self._retry_after())
+        now = time.monotonic()
+        if deadline <= now:
+            raise DeadlineExceeded()
+        loop = asyncio.get_running_loop()
+        items = [_Item(payload, loop.create_future(), deadline, now) for payload in payloads]
+        self._queue.extend(items)
+        self._observer.queue_depth(len(self._queue))
+        self._changed.set()
+        futures = [item.future for item in items]
+        try:
+            async with asyncio.timeout_at(loop.time() + (deadline - now)):
+                return list(await asyncio.gather(*futures))
+        except TimeoutError:
+            raise DeadlineExceeded() from None
+        finally:
+            for future in futures:
+                if not future.done():  # cancelled or timed out: mark the rest so the loop skips them
+                    future.cancel()
+
+    def _waiting(self) -> int:
+        """Inputs not yet forwarded: the queue and the closed batch (cancelled ones until purged)."""
+        return len(self._queue) + len(self._closed)
+
+    def _retry_after(self) -> int:
+        batches_ahead = self._waiting() / self.config.max_batch_size
+        return max(1, math.ceil(batches_ahead * self._batch_seconds_ema))
+
+    # -- the batching side -------------------------------------------------------------------
+    def _purge(self) -> None:
+        """Drop items whose future is done: their client went away or their deadline passed."""
+        if not self._queue:
+            return
+        now = time.monotonic()
+        live: deque[_Item] = deque()
+        expired = cancelled = 0
+        for item in self._queue:
+            if not item.future.done() and item.deadline > now:
+                live.append(item)
+            elif item.deadline <= now:
+                expired += 1
+                if not item.future.done():
+                    item.future.set_exception(DeadlineExceeded())
+            else:
+                cancelled += 1
+        self._queue = live
+        if expired:
+            self._observer.dropped("deadline", expired)
+        if cancelled:
+            self._observer.dropped("cancelled", cancelled)
+
+    def _idle(self) -> bool:
+        return self._running is None or self._running.done()
+
+    async def _next_batch(self) -> list[_Item]:
+        while True:
+            self._changed.clear()
+            self._purge()
+            if self._queue:
+                first = self._queue[0]
+                closes_at = first.enqueued + self.config.max_delay_s
+                remaining = closes_at - time.monotonic()
+                if len(self._queue) >= self.config.max_batch_size or self._idle() or remaining <= 0:
+                    count = min(len(self._queue), self.config.max_batch_size)
+                    batch = [self._queue.popleft() for _ in range(count)]
+                    self._observer.queue_depth(len(self._queue))
+                    return batch
+                # wait for more items, for the forward to finish, or for the batch's delay to pass
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=remaining)
+            else:
+                await self._changed.wait()
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = self._closed = await self._next_batch()
+            if self._running is not None and not self._running.done():
+                await asyncio.wait([self._running])  # pipeline depth one: wait for the running forward
+            self._closed = []
+            self._purge_batch(batch)
+            live = [item for item in batch if not item.future.done()]
+            if not live:
+                continue
+            try:
+                forward = loop.run_in_executor(self._executor, self._timed_forward, live)
+            except RuntimeError as exc:  # the executor was shut down: nothing can run any more
+                self._die(f"inference worker is gone: {exc}", live)
+                return
+            self._running = forward
+            forward.add_done_callback(functools.partial(self._deliver, items=live))
+
+    def _purge_batch(self, batch: list[_Item]) -> None:
+        """Between closing and running, deadlines may pass and clients may leave: drop those too."""
+        now = time.monotonic()
+        expired = [item for item in batch if not item.future.done() and item.deadline <= now]
+        for item in expired:
+            item.future.set_exception(DeadlineExceeded())
+        cancelled = sum(1 for item in batch if item.future.cancelled())
+        if expired:
+            self._observer.dropped("deadline", len(expired))
+        if cancelled:
+            self._observer.dropped("cancelled", cancelled)
+
+    def _timed_forward(self, items: list[_Item]) -> tuple[list[_Item], Sequence[Any], float]:
+        """Runs in the worker. The device may have been busy with another model's forward since the
+        batch was handed over, so clients that left meanwhile are skipped here, at the last moment."""
+        now = time.monotonic()
+        live = [item for item in items if not item.future.done() and item.deadline > now]
+        if len(live) < len(items):
+            self._observer.dropped("cancelled", len(items) - len(live))
+        if not live:
+            return live, [], 0.0
+        started = time.perf_counter()
+        results = self._run_batch([item.payload for item in live])
+        if len(results) != len(live):
+            raise RuntimeError(f"forward returned {len(results)} results for {len(live)} inputs")
+        return live, results, time.perf_counter() - started
+
+    def _deliver(self, forward: asyncio.Future[Any], *, items: list[_Item]) -> None:
+        self._changed.set()
+        exc = forward.exception() if not forward.cancelled() else asyncio.CancelledError()
+        if exc is not None:
+            if _is_fatal(exc):
+                log.error("model %s: inference worker died: %r", self.name, exc)
+                self._die(f"inference worker died: {exc}", items)
+                return
+            log.warning("model %s: forward of a batch of %d failed: %r", self.name, len(items), exc)
+            for item in items:
+                if not item.future.done():
+                    failure = BatchFailed(str(exc))
+                    failure.__cause__ = exc
+                    item.future.set_exception(failure)
+            return
+        items, results, seconds = forward.result()
+        if not items:
+            return
+        self._batch_seconds_ema = seconds if not self._batch_seconds_ema else (
+            0.8 * self._batch_seconds_ema + 0.2 * seconds)
+        self._observer.batch_done(len(items), seconds)
+        for item, result in zip(items, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)
+
+    def _die(self, reason: str, in_flight: list[_Item] | None = None) -> None:
+        if self._dead_reason is None:
+            self._dead_reason = reason
+        for item in [*(in_flight or []), *self._closed, *self._queue]:
+            if not item.future.done():
+                item.future.set_exception(ModelUnavailable(reason))
+        self._queue.clear()
+        self._closed = []
+        self._observer.queue_depth(0)
+        if self._task is not None and not self._task.done() and asyncio.current_task() is not self._task:
+            self._task.cancel()
+
+    def _on_loop_exit(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("model %s: batching task crashed", self.name, exc_info=task.exception())
+            self._die(f"batching task crashed: {task.exception()!r}")
+        elif self._dead_reason is None:
+            self._die("the batching task stopped")

@@ -1,0 +1,79 @@
+"""The one error shape, ``{"error": ..., "type": ...}``, and the handlers that enforce it everywhere."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.responses import JSONResponse
+
+log = logging.getLogger("service.errors")
+
+_TYPES = {400: "invalid_input", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+          413: "too_large", 415: "unsupported_media_type", 422: "validation_error",
+          503: "unavailable", 504: "deadline_exceeded"}
+
+
+class ServeError(Exception):
+    """An error meant for the client: its status, a sentence for a person, a machine code."""
+
+    def __init__(self, status: int, message: str, type_: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_ or _TYPES.get(status, "error")
+        self.headers = dict(headers or {})
+
+
+class InputError(ServeError):
+    """One input of a request is bad; the message names its index."""
+
+    def __init__(self, index: int | None, message: str, status: int = 400, type_: str | None = None) -> None:
+        prefix = f"inputs[{index}]: " if index is not None else ""
+        super().__init__(status, prefix + message, type_)
+        self.index = index
+
+
+def not_found(what: str) -> ServeError:
+    return ServeError(404, what)
+
+
+def error_response(status: int, message: str, type_: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "type": type_}, status_code=status, headers=dict(headers or {}))
+
+
+def _describe_validation(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for error in errors[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServeError)
+    async def _serve_error(_: Request, exc: ServeError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.type, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 404 and message == "Not Found":
+            message = "no such route"
+        return error_response(exc.status_code, message, _TYPES.get(exc.status_code, "error"),
+                              getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, _describe_validation(list(exc.errors())), "validation_error")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal error; this is a bug, see the server log", "internal")

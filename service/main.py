@@ -1,0 +1,60 @@
+"""``create_app(settings)``: assembles settings, registry, middleware and routers; nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import Depends, FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from service import __version__
+from service.errors import install_error_handlers
+from service.metrics import Metrics
+from service.middleware import ServeMiddleware
+from service.registry import Registry
+from service.routes import docs, health, kserve_v1, native, oip_v2
+from service.routes import metrics as metrics_routes
+from service.routes.deps import require_api_key
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        torch.set_num_threads(settings.resolved_torch_threads())
+        registry = Registry(settings, metrics)
+        app.state.registry = registry
+        # Load in the background: liveness answers at once, readiness once every model is warm.
+        loading = asyncio.create_task(registry.load_all(), name="load-models")
+        try:
+            yield
+        finally:
+            loading.cancel()
+            await asyncio.gather(loading, return_exceptions=True)
+            await registry.close()
+
+    app = FastAPI(title="serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="PyTorch models over HTTP with dynamic batching: native, KServe V1 and "
+                              "Open Inference Protocol V2 APIs.")
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.add_middleware(ServeMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    guarded = [Depends(require_api_key)]
+    app.include_router(health.router)
+    app.include_router(metrics_routes.router)
+    app.include_router(docs.router)
+    app.include_router(kserve_v1.router, dependencies=guarded)
+    app.include_router(native.router, dependencies=guarded)
+    app.include_router(oip_v2.router, dependencies=guarded)
+    app.mount("/static-docs", StaticFiles(directory=docs.ASSETS), name="static-docs")
+    return app

@@ -1,0 +1,51 @@
+"""Prometheus metrics, in a registry of the app's own (so several apps can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("serve_requests", "HTTP requests", ["model", "route", "status"], registry=r)
+        self.request_seconds = Histogram("serve_request_duration_seconds", "HTTP request latency",
+                                         ["model", "route", "status"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("serve_batch_size", "inputs per forward", ["model", "version"],
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.inference_seconds = Histogram("serve_inference_duration_seconds", "time of one batched forward",
+                                           ["model", "version"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("serve_queue_depth", "inputs waiting to be batched", ["model", "version"],
+                                 registry=r)
+        self.dropped = Counter("serve_dropped_inputs", "inputs dropped before their forward",
+                               ["model", "version", "reason"], registry=r)
+        self.loaded = Gauge("serve_model_loaded", "1 when the model version is loaded, warmed and alive",
+                            ["model", "version"], registry=r)
+
+    def observer(self, model: str, version: int) -> BatchMetrics:
+        return BatchMetrics(self, model, str(version))
+
+
+class BatchMetrics:
+    """The batcher's observer for one model version."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        self._batch_size = metrics.batch_size.labels(model, version)
+        self._seconds = metrics.inference_seconds.labels(model, version)
+        self._depth = metrics.queue_depth.labels(model, version)
+        self._dropped = metrics.dropped
+        self._labels = (model, version)
+
+    def batch_done(self, size: int, seconds: float) -> None:
+        self._batch_size.observe(size)
+        self._seconds.observe(seconds)
+
+    def queue_depth(self, depth: int) -> None:
+        self._depth.set(depth)
+
+    def dropped(self, reason: str, count: int) -> None:
+        self._dropped.labels(*self._labels, reason).inc(count)

@@ -1,0 +1,79 @@
+"""The request-level glue between routers and batchers: decode off the event loop, submit with the
+request's deadline, watch for the client leaving, and turn batcher outcomes into HTTP errors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from service.batcher import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull
+from service.errors import ServeError
+from service.registry import ServedModel
+
+T = TypeVar("T")
+
+ARRIVAL_KEY = "serve.arrival"
+
+
+def arrival_time(request: Request) -> float:
+    """When the request arrived (``time.monotonic()``), as stamped by the outermost middleware."""
+    return float(request.scope.get(ARRIVAL_KEY, time.monotonic()))
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``; if the client disconnects first, cancel it (its queued inputs are dropped)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ServeError(499, "client closed the request", "client_closed")
+    finally:
+        watcher.cancel()
+
+
+def require_ready(served: ServedModel) -> None:
+    if not served.ready:
+        raise ServeError(503, f"model {served.name} v{served.version} is not ready ({served.status})",
+                         headers={"Retry-After": "5"})
+
+
+async def decode_all(decode: Callable[[Any, int], Any], raw_inputs: Sequence[Any]) -> list[Any]:
+    """Decode and validate every input in a worker thread; the first bad one fails the request (400)."""
+    return await run_in_threadpool(lambda: [decode(raw, index) for index, raw in enumerate(raw_inputs)])
+
+
+async def infer(request: Request, served: ServedModel, payloads: list[Any], timeout_s: float) -> list[Any]:
+    """Queue decoded payloads on the model's batcher and return their results in order."""
+    require_ready(served)
+    assert served.batcher is not None
+    deadline = arrival_time(request) + timeout_s
+    try:
+        return await until_disconnect(request, served.batcher.submit(payloads, deadline))
+    except QueueFull as exc:
+        raise ServeError(503, f"model {served.name} is at capacity ({served.batcher.config.max_queue} "
+                         "inputs queued); retry later", "queue_full",
+                         headers={"Retry-After": str(exc.retry_after_s)}) from None
+    except DeadlineExceeded:
+        raise ServeError(504, f"the request's deadline of {timeout_s * 1000:.0f} ms passed before its "
+                         "inference finished") from None
+    except ModelUnavailable as exc:
+        raise ServeError(503, f"model {served.name} is not available: {exc}",
+                         headers={"Retry-After": "5"}) from None
+    except BatchFailed as exc:
+        raise ServeError(500, f"inference failed: {exc}", "inference_failed") from None

@@ -1,0 +1,176 @@
+"""Discovers ``weights/<name>/<version>/``, loads every version, batches and warms each one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import models
+from service.batcher import BatchConfig, Batcher
+from service.errors import ServeError
+from service.metrics import Metrics
+from service.runtimes import RUNTIMES, DecodeLimits, resolve_dtype
+from service.settings import Settings
+
+log = logging.getLogger("service.registry")
+
+
+@dataclass
+class ServedModel:
+    """One loaded model version: its manifest, runtime and batcher."""
+
+    name: str
+    version: int
+    path: Path
+    manifest: dict[str, Any]
+    runtime: Any = None
+    batcher: Batcher | None = None
+    device: str = ""
+    dtype: str = ""
+    warmed: bool = False
+    error: str | None = None
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def task(self) -> str:
+        return str(self.manifest.get("task", ""))
+
+    @property
+    def ready(self) -> bool:
+        return self.warmed and self.batcher is not None and self.batcher.alive
+
+    @property
+    def status(self) -> str:
+        if self.error:
+            return f"failed: {self.error}"
+        if self.batcher is not None and self.batcher.dead_reason:
+            return f"not ready: {self.batcher.dead_reason}"
+        return "ready" if self.ready else "loading"
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"SERVE_DEVICE={requested} but no CUDA device is available")
+    return device
+
+
+def discover(weights_dir: Path, names: list[str]) -> list[tuple[str, int, Path]]:
+    """(name, version, path) of every artifact under ``weights_dir``; ``names`` filters (empty = all)."""
+    found = []
+    for manifest_path in sorted(weights_dir.glob("*/*/manifest.json")):
+        version_dir = manifest_path.parent
+        name, version = version_dir.parent.name, version_dir.name
+        if version.isdigit() and (not names or name in names):
+            found.append((name, int(version), version_dir))
+    missing = set(names) - {name for name, _, _ in found}
+    if missing:
+        raise RuntimeError(f"SERVE_MODELS names {sorted(missing)}, which {weights_dir} does not hold")
+    return found
+
+
+class Registry:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.device = resolve_device(settings.device)
+        self.dtype = resolve_dtype(settings.dtype, self.device)
+        # One inference worker per device: forwards of all models on it run one after another.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{self.device}")
+        self.models: dict[str, dict[int, ServedModel]] = {}
+        for name, version, path in discover(settings.weights_dir, settings.models):
+            self.models.setdefault(name, {})[version] = ServedModel(name, version, path, {})
+        self.loading_done = False
+
+    # -- lookup ------------------------------------------------------------------------------
+    def get(self, name: str, version: int | str | None = None) -> ServedModel:
+        versions = self.models.get(name)
+        if not versions:
+            raise ServeError(404, f"model {name!r} is not served; GET /v1/models lists the models", "model_not_found")
+        if version is None or version == "":
+            return versions[max(versions)]
+        try:
+            number = int(version)
+        except (TypeError, ValueError):
+            raise ServeError(404, f"version {version!r} of {name!r}: versions are integers",
+                             "version_not_found") from None
+        if number not in versions:
+            raise ServeError(404, f"model {name!r} has no version {number}; it has {sorted(versions)}",
+                             "version_not_found")
+        return versions[number]
+
+    def all(self) -> list[ServedModel]:
+        return [served for versions in self.models.values() for served in versions.values()]
+
+    @property
+    def ready(self) -> bool:
+        return self.loading_done and all(served.ready for served in self.all())
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def batch_config(self, name: str) -> BatchConfig:
+        s = self.settings
+        override = s.model_overrides.get(name)
+
+        def pick(field_name: str) -> Any:
+            value = getattr(override, field_name, None) if override else None
+            return getattr(s, field_name) if value is None else value
+
+        return BatchConfig(max_batch_size=pick("max_batch_size"), max_delay_s=pick("max_delay_ms") / 1000,
+                           max_queue=pick("max_queue"))
+
+    def timeout_s(self, name: str) -> float:
+        override = self.settings.model_overrides.get(name)
+        timeout_ms = override.timeout_ms if override and override.timeout_ms else self.settings.timeout_ms
+        return timeout_ms / 1000
+
+    def _load_one(self, served: ServedModel) -> None:
+        """Runs in the inference worker: build, verify hash, load, move to the device, warm up."""
+        module, manifest = models.load(served.path, device="cpu")
+        runtime_class = RUNTIMES.get(manifest["task"])
+        if runtime_class is None:
+            raise RuntimeError(f"no runtime for task {manifest['task']!r}")
+        served.manifest = manifest
+        served.runtime = runtime_class(module, manifest, self.device, self.dtype,
+                                       DecodeLimits(self.settings.max_image_pixels))
+        served.runtime.warmup(self.batch_config(served.name).max_batch_size)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        served.device, served.dtype = str(self.device), str(self.dtype).removeprefix("torch.")
+
+    async def load_all(self) -> None:
+        """Load, warm and start each version in turn; a failure marks that version, not the server."""
+        loop = asyncio.get_running_loop()
+        for served in self.all():
+            started = time.perf_counter()
+            try:
+                await loop.run_in_executor(self.executor, self._load_one, served)
+            except Exception as exc:
+                served.error = str(exc)
+                log.error("model %s v%d failed to load: %s", served.name, served.version, exc)
+                continue
+            served.batcher = Batcher(f"{served.name}/{served.version}", served.runtime.forward,
+                                     self.batch_config(served.name), self.executor,
+                                     self.metrics.observer(served.name, served.version))
+            served.batcher.start()
+            served.warmed = True
+            served.loaded_at = time.time()
+            self.metrics.loaded.labels(served.name, str(served.version)).set(1)
+            log.info("model %s v%d ready on %s (%s) in %.2f s", served.name, served.version,
+                     served.device, served.dtype, time.perf_counter() - started)
+        self.loading_done = True
+
+    async def close(self) -> None:
+        for served in self.all():
+            if served.batcher is not None:
+                await served.batcher.stop()
+            self.metrics.loaded.labels(served.name, str(served.version)).set(0)
+        self.executor.shutdown(wait=True, cancel_futures=True)

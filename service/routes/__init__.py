@@ -1,0 +1,1 @@
+"""Thin routers: parse the HTTP request, call the runtime/batcher glue, shape the answer."""

@@ -1,0 +1,19 @@
+"""``GET /metrics`` in the Prometheus text format."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.routes.deps import MetricsDep, RegistryDep
+
+router = APIRouter(tags=["metrics"])
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(registry: RegistryDep, metrics: MetricsDep) -> Response:
+    for served in registry.all():  # readiness can change without an event (a worker dies): read it now
+        metrics.loaded.labels(served.name, str(served.version)).set(1 if served.ready else 0)
+        if served.batcher is not None:
+            metrics.queue_depth.labels(served.name, str(served.version)).set(served.batcher.depth)
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

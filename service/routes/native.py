@@ -1,0 +1,117 @@
+"""Native API: model listing and metadata, ``POST /v1/models/{name}[/versions/{v}]/predict``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+
+from service.errors import ServeError
+from service.predict import decode_all, infer
+from service.registry import Registry, ServedModel
+from service.responses import JSONResponse
+from service.routes.bodies import read_image_request
+from service.routes.deps import RegistryDep, SettingsDep
+from service.schemas import ERROR_RESPONSES, ImageParameters, PredictResponse
+from service.settings import Settings
+
+router = APIRouter(tags=["native"])
+
+IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {"schema": {"type": "object", "properties": {
+                "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+            "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
+        },
+    }
+}
+
+
+def model_summary(registry: Registry, name: str) -> dict[str, Any]:
+    latest = registry.get(name)
+    return {
+        "id": name, "object": "model", "created": int(latest.loaded_at), "owned_by": "serve",
+        "task": latest.task or None, "version": latest.version,
+        "versions": sorted(registry.models[name]), "ready": latest.ready,
+    }
+
+
+def model_detail(served: ServedModel, registry: Registry) -> dict[str, Any]:
+    manifest, runtime = served.manifest, served.runtime
+    config = registry.batch_config(served.name)
+    return {
+        "name": served.name, "version": served.version, "versions": sorted(registry.models[served.name]),
+        "ready": served.ready, "status": served.status, "task": served.task or None,
+        "architecture": manifest.get("architecture"), "labels": manifest.get("labels"),
+        "inputs": [spec.as_dict() for spec in runtime.inputs] if runtime else [],
+        "outputs": [spec.as_dict() for spec in runtime.outputs] if runtime else [],
+        "parameters": ImageParameters.model_json_schema()["properties"] if runtime else {},
+        "device": served.device or None, "dtype": served.dtype or None,
+        "batching": {"max_batch_size": config.max_batch_size, "max_delay_ms": config.max_delay_s * 1000,
+                     "max_queue": config.max_queue, "timeout_ms": registry.timeout_s(served.name) * 1000},
+        "metrics": manifest.get("metrics", {}), "dataset": manifest.get("dataset"),
+        "trained": manifest.get("trained"), "sha256": manifest.get("sha256"),
+    }
+
+
+@router.get("/v1/models", summary="List the served models")
+async def list_models(registry: RegistryDep) -> JSONResponse:
+    return JSONResponse({"object": "list", "data": [model_summary(registry, name) for name in registry.models]})
+
+
+@router.get("/v1/models/{name}", summary="Metadata of a model's latest version", responses=ERROR_RESPONSES)
+async def get_model(name: str, registry: RegistryDep) -> JSONResponse:
+    return JSONResponse(model_detail(registry.get(name), registry))
+
+
+@router.get("/v1/models/{name}/versions/{version}", summary="Metadata of one model version",
+            responses=ERROR_RESPONSES)
+async def get_model_version(name: str, version: str, registry: RegistryDep) -> JSONResponse:
+    return JSONResponse(model_detail(registry.get(name, version), registry))
+
+
+def parse_image_parameters(params: dict[str, Any]) -> ImageParameters:
+    try:
+        return ImageParameters.model_validate(params)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ServeError(422, f"parameters.{where}: {first['msg']}", "validation_error") from None
+
+
+async def classify_images(request: Request, served: ServedModel, registry: Registry, settings: Settings,
+                          instances_key: str = "inputs") -> list[dict[str, Any]]:
+    """Shared by the native and KServe V1 routes: read, decode, batch, encode."""
+    if served.task != "image-classification":
+        raise ServeError(400, f"model {served.name} is a {served.task or 'failed'} model; "
+                         "this route takes images for a classifier", "wrong_task")
+    raw, params = await read_image_request(request, settings.max_inputs_per_request, settings.max_body_bytes,
+                                           instances_key)
+    parameters = parse_image_parameters(params)
+    runtime = served.runtime
+    payloads = await decode_all(lambda data, index: runtime.decode_image(data, index, parameters.invert), raw)
+    results = await infer(request, served, payloads, registry.timeout_s(served.name))
+    return [runtime.encode(probabilities, parameters.top_k) for probabilities in results]
+
+
+async def _predict(request: Request, served: ServedModel, registry: Registry, settings: Settings) -> JSONResponse:
+    predictions = await classify_images(request, served, registry, settings)
+    return JSONResponse({"model": served.name, "version": served.version, "predictions": predictions})
+
+
+@router.post("/v1/models/{name}/predict", summary="Predict with a model's latest version",
+             response_model=PredictResponse, responses=ERROR_RESPONSES, openapi_extra=IMAGE_BODY)
+async def predict(name: str, request: Request, registry: RegistryDep, settings: SettingsDep) -> JSONResponse:
+    return await _predict(request, registry.get(name), registry, settings)
+
+
+@router.post("/v1/models/{name}/versions/{version}/predict", summary="Predict with one model version",
+             response_model=PredictResponse, responses=ERROR_RESPONSES, openapi_extra=IMAGE_BODY)
+async def predict_version(name: str, version: str, request: Request, registry: RegistryDep,
+                          settings: SettingsDep) -> JSONResponse:
+    return await _predict(request, registry.get(name, version), registry, settings)

@@ -1,0 +1,12 @@
+"""One runtime per task kind; the registry picks one by the manifest's ``task``."""
+
+from __future__ import annotations
+
+from service.runtimes.base import DecodeLimits, Runtime, TensorSpec, resolve_dtype
+from service.runtimes.image_classifier import ImageClassifierRuntime
+
+RUNTIMES: dict[str, type] = {
+    ImageClassifierRuntime.task: ImageClassifierRuntime,
+}
+
+__all__ = ["RUNTIMES", "DecodeLimits", "ImageClassifierRuntime", "Runtime", "TensorSpec", "resolve_dtype"]

@@ -1,0 +1,47 @@
+"""What every runtime offers: decode+validate one input, forward a batch, encode one result.
+
+``decode`` runs in a worker thread before queueing (so a bad input fails only its own request);
+``forward`` runs in the device's inference worker; ``encode`` is cheap and runs on the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str  # OIP V2 names: FP32, BYTES, INT64, ...
+    shape: list[int]  # -1 for the batch dimension
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": self.shape}
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    max_image_pixels: int
+
+
+class Runtime(Protocol):
+    task: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    labels: list[str] | None
+
+    def forward(self, payloads: list[Any]) -> Sequence[Any]: ...
+
+    def warmup(self, max_batch_size: int) -> None: ...
+
+
+def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """``auto`` is float16 on a GPU (tensor cores, half the memory) and float32 on the CPU."""
+    if requested == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    dtype: torch.dtype = getattr(torch, requested)
+    return dtype

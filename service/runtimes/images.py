@@ -1,0 +1,71 @@
+"""Image decoding for every image model: any format, size and mode -> float pixels [1, H, W] in [0, 1]."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import InputError
+
+ACCEPTED_FORMATS = {"PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "PPM"}
+ACCEPTED_MEDIA_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/webp", "image/bmp", "image/x-ms-bmp",
+                        "image/gif", "image/tiff", "image/x-portable-pixmap"}
+
+
+def decode_image(data: bytes, index: int, size: tuple[int, int], max_pixels: int,
+                 invert: bool | None = None) -> np.ndarray:
+    """Bytes of an image file -> float32 [1, H, W] in [0, 1], light ink on a dark background.
+
+    ``invert=None`` decides from the border: a light border means dark ink on light paper (a photo
+    or a drawing), which is inverted to match the MNIST-style training data.
+    """
+    if not data:
+        raise InputError(index, "empty image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.format not in ACCEPTED_FORMATS:
+                raise InputError(index, f"unsupported image format {image.format}; send PNG, JPEG, WebP or BMP",
+                                 status=415)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise InputError(index, f"image of {width}x{height} pixels exceeds the limit of {max_pixels}",
+                                 status=413)
+            image.draft("L", size)  # JPEG: decode at a reduced scale when that is enough
+            gray = _to_gray(image)
+            if gray.size != size:
+                gray = gray.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    except InputError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(index, f"not a readable image ({exc.__class__.__name__})") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise InputError(index, f"corrupt or truncated image: {exc}") from exc
+    pixels = np.asarray(gray, dtype=np.float32) / 255.0
+    if invert is None:
+        invert = _border_mean(pixels) > 0.5
+    if invert:
+        pixels = 1.0 - pixels
+    return pixels[None, :, :]
+
+
+def _to_gray(image: Image.Image) -> Image.Image:
+    image = ImageOps.exif_transpose(image) or image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # transparent -> paper
+        return Image.alpha_composite(background, rgba).convert("L")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        span = float(array.max() - array.min()) or 1.0
+        return Image.fromarray(((array - array.min()) / span * 255).astype(np.uint8), "L")
+    return image.convert("L")
+
+
+def _border_mean(pixels: np.ndarray) -> float:
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    return float(border.mean())

@@ -1,0 +1,66 @@
+"""Request and response bodies of the native and KServe V1 APIs (also the OpenAPI docs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class B64Input(BaseModel):
+    b64: str = Field(description="the bytes of an image file (PNG, JPEG, WebP, BMP), base64-encoded")
+
+
+class ImageParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    top_k: int = Field(default=3, ge=1, le=1000, description="how many classes to list")
+    invert: bool | None = Field(default=None, description="dark ink on light paper? null: decide from the border")
+
+
+class PredictRequest(BaseModel):
+    inputs: list[Any] = Field(min_length=1, description="one item per input; images as {\"b64\": ...}")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class KServeV1Request(BaseModel):
+    instances: list[Any] = Field(min_length=1)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScoredLabel(BaseModel):
+    label: str
+    index: int
+    score: float
+
+
+class Classification(BaseModel):
+    label: str
+    index: int
+    score: float
+    top_k: list[ScoredLabel]
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: int
+    predictions: list[Classification]
+
+
+class KServeV1Response(BaseModel):
+    predictions: list[Classification]
+
+
+class ErrorBody(BaseModel):
+    error: str
+    type: str
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        400: "bad input (the message names its index)", 401: "missing or wrong API key",
+        404: "unknown model or version", 413: "body, image or input count too large",
+        415: "unsupported media type", 422: "the body does not fit the schema",
+        503: "not ready, or the queue is full (Retry-After)", 504: "the request's deadline passed",
+    }.items()
+}

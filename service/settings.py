@@ -1,0 +1,80 @@
+"""Server settings, from ``SERVE_*`` environment variables, read once at start-up."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class BatchingOverride(BaseModel):
+    """Per-model batching settings; unset fields fall back to the global ``SERVE_*`` values."""
+
+    max_batch_size: int | None = Field(default=None, ge=1, le=4096)
+    max_delay_ms: float | None = Field(default=None, ge=0, le=10_000)
+    max_queue: int | None = Field(default=None, ge=1)
+    timeout_ms: float | None = Field(default=None, gt=0)
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SERVE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    weights_dir: Path = REPO_ROOT / "weights"
+    models: Annotated[list[str], NoDecode] = Field(default_factory=list, description="empty = all")
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    torch_threads: int = Field(default=0, ge=0, description="0 = chosen from the cores available")
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
+    max_delay_ms: float = Field(default=2.0, ge=0, le=10_000)
+    max_queue: int = Field(default=512, ge=1, description="inputs waiting per model version")
+    timeout_ms: float = Field(default=10_000, gt=0, description="per request, counted from arrival")
+    max_inputs_per_request: int = Field(default=64, ge=1)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=16_000_000, ge=784)
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="empty = open")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    model_overrides: dict[str, BatchingOverride] = Field(
+        default_factory=dict, description='JSON, e.g. {"mnist-cnn": {"max_batch_size": 64}}')
+
+    @field_validator("models", "api_keys", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("device must be auto, cpu, cuda or cuda:N")
+
+    @model_validator(mode="after")
+    def _weights_exist(self) -> Settings:
+        if not self.weights_dir.is_dir():
+            raise ValueError(f"weights_dir {self.weights_dir} is not a directory")
+        return self
+
+    def resolved_torch_threads(self) -> int:
+        if self.torch_threads:
+            return self.torch_threads
+        return max(1, min(4, os.cpu_count() or 1))

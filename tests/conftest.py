@@ -1,0 +1,146 @@
+"""Shared fixtures: tiny random-init artifacts in tmp_path, apps on them, a real uvicorn server."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import uvicorn
+from fastapi.testclient import TestClient
+from PIL import Image
+
+import models
+from service.main import create_app
+from service.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TINY_CONFIGS = {
+    "cnn": {"widths": [4, 8], "hidden": 16},
+    "resnet": {"widths": [4, 8], "blocks_per_stage": 1},
+}
+
+
+def make_artifact(root: Path, name: str = "tiny-cnn", version: int = 1, architecture: str = "cnn",
+                  seed: int = 0) -> Path:
+    """A random-init image classifier saved exactly as training saves one."""
+    torch.manual_seed(seed)
+    module = models.build(architecture, TINY_CONFIGS[architecture])
+    manifest = {
+        "name": name, "version": version, "task": "image-classification", "architecture": architecture,
+        "config": models.config_to_dict(module.config), "labels": [f"class-{i}" for i in range(10)],
+        "preprocessing": {"input": "pixels", "shape": [1, 28, 28], "range": [0.0, 1.0]},
+        "dataset": {"name": "random"}, "metrics": {"test_accuracy": 0.1},
+        "trained": {"epochs": 0, "seconds": 0, "device": "cpu", "git_commit": None, "seed": seed},
+    }
+    return models.save_artifact(module.eval(), manifest, root / name / str(version))
+
+
+@pytest.fixture
+def weights_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "weights"
+    make_artifact(root, "tiny-cnn", 1, "cnn", seed=0)
+    make_artifact(root, "tiny-cnn", 2, "cnn", seed=1)
+    make_artifact(root, "tiny-resnet", 1, "resnet", seed=2)
+    return root
+
+
+def wait_ready(client: TestClient, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/v2/health/ready").status_code == 200:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"not ready after {timeout} s: {client.get('/v2/health/ready').json()}")
+
+
+@pytest.fixture
+def make_client(weights_dir: Path) -> Iterator[Callable[..., TestClient]]:
+    """Build a TestClient (lifespan running, models ready) with settings overrides."""
+    clients: list[TestClient] = []
+
+    def factory(**overrides: Any) -> TestClient:
+        settings = Settings(weights_dir=overrides.pop("weights_dir", weights_dir), device="cpu",
+                            torch_threads=1, **overrides)
+        client = TestClient(create_app(settings), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        wait_ready(client)
+        return client
+
+    yield factory
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client()
+
+
+def png_bytes(array: np.ndarray, mode: str = "L", fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def digit_png() -> bytes:
+    rng = np.random.default_rng(0)
+    image = np.zeros((28, 28), dtype=np.uint8)
+    image[6:22, 12:16] = 255  # a "1"
+    image += rng.integers(0, 20, size=image.shape, dtype=np.uint8)
+    return png_bytes(image)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveServer:
+    """The app under a real uvicorn in a thread: for real clients (tritonclient, raw sockets)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.app = create_app(settings)
+        self.port = settings.port
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveServer:
+        import httpx
+
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("live server did not become ready")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+@pytest.fixture
+def live_server(weights_dir: Path) -> Iterator[LiveServer]:
+    settings = Settings(weights_dir=weights_dir, device="cpu", torch_threads=1, port=free_port())
+    with LiveServer(settings) as server:
+        yield server

@@ -1,0 +1,134 @@
+"""Open Inference Protocol V2: JSON and binary tensors by hand, and the official tritonclient."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+import tritonclient.http as httpclient
+from fastapi.testclient import TestClient
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import LiveServer
+
+
+def pixels(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 1, 28, 28), dtype=np.float32)
+
+
+def native_probabilities(client: TestClient, batch: np.ndarray) -> np.ndarray:
+    body = {"inputs": [{"name": "pixels", "shape": list(batch.shape), "datatype": "FP32",
+                        "data": batch.reshape(-1).tolist()}]}
+    response = client.post("/v2/models/tiny-cnn/infer", json=body)
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    return np.array(outputs["probabilities"]["data"], dtype=np.float32).reshape(outputs["probabilities"]["shape"])
+
+
+def test_server_and_model_metadata(client: TestClient) -> None:
+    server = client.get("/v2").json()
+    assert "binary_tensor_data" in server["extensions"]
+    meta = client.get("/v2/models/tiny-cnn").json()
+    assert meta["name"] == "tiny-cnn" and meta["versions"] == ["1", "2"]
+    assert meta["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
+    assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
+                               {"name": "label", "datatype": "BYTES", "shape": [-1]}]
+    assert client.get("/v2/models/tiny-cnn/versions/1").json()["name"] == "tiny-cnn"
+    assert client.get("/v2/models/tiny-cnn/ready").json()["ready"] is True
+    assert client.get("/v2/models/tiny-cnn/versions/1/ready").status_code == 200
+    assert client.get("/v2/models/nope/ready").status_code == 404
+    assert client.get("/v2/models/tiny-cnn/config").json()["max_batch_size"] == 32
+
+
+def test_json_infer(client: TestClient) -> None:
+    batch = pixels(3)
+    body = {"id": "req-1", "inputs": [{"name": "pixels", "shape": [3, 1, 28, 28], "datatype": "FP32",
+                                       "data": batch.tolist()}]}
+    response = client.post("/v2/models/tiny-cnn/infer", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["model_name"] == "tiny-cnn" and answer["model_version"] == "2" and answer["id"] == "req-1"
+    outputs = {o["name"]: o for o in answer["outputs"]}
+    probs = np.array(outputs["probabilities"]["data"]).reshape(outputs["probabilities"]["shape"])
+    assert probs.shape == (3, 10) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert outputs["label"]["data"] == [f"class-{i}" for i in probs.argmax(axis=1)]
+
+
+def test_binary_infer_by_hand(client: TestClient) -> None:
+    batch = pixels(2, seed=3)
+    header = orjson.dumps({"inputs": [{"name": "pixels", "shape": [2, 1, 28, 28], "datatype": "FP32",
+                                       "parameters": {"binary_data_size": batch.nbytes}}],
+                           "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}},
+                                       {"name": "label", "parameters": {"binary_data": False}}]})
+    response = client.post("/v2/models/tiny-cnn/infer", content=header + batch.tobytes(),
+                           headers={"Inference-Header-Content-Length": str(len(header)),
+                                    "content-type": "application/octet-stream"})
+    assert response.status_code == 200, response.text
+    length = int(response.headers["inference-header-content-length"])
+    answer = orjson.loads(response.content[:length])
+    outputs = {o["name"]: o for o in answer["outputs"]}
+    probs = np.frombuffer(response.content[length:], dtype="<f4").reshape(2, 10)
+    assert outputs["probabilities"]["parameters"]["binary_data_size"] == probs.nbytes
+    assert np.allclose(probs, native_probabilities(client, batch), atol=1e-6)
+    assert outputs["label"]["data"] == [f"class-{i}" for i in probs.argmax(axis=1)]
+
+
+@pytest.mark.parametrize("body,status", [
+    ({"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.5] * 10}]}, 400),
+    ({"inputs": [{"name": "pixels", "shape": [1, 3, 28, 28], "datatype": "FP32", "data": [0.5] * 2352}]}, 400),
+    ({"inputs": [{"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.5] * 784}]}, 400),
+    ({"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [2.0] * 784}]}, 400),
+    ({"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP99", "data": [0.5] * 784}]}, 400),
+    ({"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": ["a"] * 784}]}, 400),
+    ({"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.5] * 784}],
+      "outputs": [{"name": "logits"}]}, 400),
+    ({"inputs": []}, 422),
+    ({"inputs": [{"name": "pixels", "shape": [0, 1, 28, 28], "datatype": "FP32", "data": []}]}, 422),
+])
+def test_infer_errors(client: TestClient, body: dict, status: int) -> None:
+    response = client.post("/v2/models/tiny-cnn/infer", json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]
+
+
+def test_binary_size_mismatch_is_400(client: TestClient) -> None:
+    header = orjson.dumps({"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32",
+                                       "parameters": {"binary_data_size": 100}}]})
+    response = client.post("/v2/models/tiny-cnn/infer", content=header + b"\0" * 100,
+                           headers={"Inference-Header-Content-Length": str(len(header))})
+    assert response.status_code == 400 and "bytes" in response.json()["error"]
+    response = client.post("/v2/models/tiny-cnn/infer", content=header,
+                           headers={"Inference-Header-Content-Length": str(len(header) + 5)})
+    assert response.status_code == 400
+
+
+def test_tritonclient_with_its_defaults(live_server: LiveServer) -> None:
+    triton = httpclient.InferenceServerClient(url=live_server.url)
+    assert triton.is_server_live() and triton.is_server_ready()
+    assert triton.is_model_ready("tiny-cnn") and triton.is_model_ready("tiny-cnn", "1")
+    meta = triton.get_model_metadata("tiny-cnn")
+    assert meta["inputs"][0]["name"] == "pixels" and meta["inputs"][0]["datatype"] == "FP32"
+    assert {o["name"] for o in meta["outputs"]} == {"probabilities", "label"}
+    assert triton.get_server_metadata()["name"] == "serve"
+
+    batch = pixels(4, seed=7)
+    infer_input = httpclient.InferInput("pixels", list(batch.shape), "FP32")
+    infer_input.set_data_from_numpy(batch)  # binary_data=True: the client's default
+    outputs = [httpclient.InferRequestedOutput("probabilities"), httpclient.InferRequestedOutput("label")]
+    result = triton.infer("tiny-cnn", [infer_input], outputs=outputs)
+    probs = result.as_numpy("probabilities")
+    labels = result.as_numpy("label")
+    assert probs.shape == (4, 10) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert [label.decode() for label in labels] == [f"class-{i}" for i in probs.argmax(axis=1)]
+
+    json_input = httpclient.InferInput("pixels", list(batch.shape), "FP32")
+    json_input.set_data_from_numpy(batch, binary_data=False)
+    json_result = triton.infer("tiny-cnn", [json_input], model_version="2",
+                               outputs=[httpclient.InferRequestedOutput("probabilities", binary_data=False)])
+    assert np.allclose(json_result.as_numpy("probabilities"), probs, atol=1e-6)
+    everything = triton.infer("tiny-cnn", [infer_input]).as_numpy("probabilities")  # no outputs named
+    assert np.allclose(everything, probs, atol=1e-6)
+
+    with pytest.raises(InferenceServerException, match="not served"):
+        triton.infer("missing-model", [infer_input])
+    triton.close()
