@@ -38,6 +38,7 @@ def save_artifact(module: torch.nn.Module, manifest: dict[str, Any], directory: 
     weights_path = directory / WEIGHTS_FILE
     state = {key: value.detach().contiguous().cpu() for key, value in module.state_dict().items()}
     save_file(state, str(weights_path))
+    weights_path.chmod(0o644)  # safetensors writes 0600; a server running as another user must read it
     full_manifest = {**manifest, "sha256": sha256_of(weights_path)}
     (directory / MANIFEST_FILE).write_text(json.dumps(full_manifest, indent=2, sort_keys=False) + "\n")
     return directory

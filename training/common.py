@@ -82,10 +82,13 @@ def shutdown_distributed(ctx: DistContext) -> None:
 
 
 def git_commit() -> str | None:
+    """The commit the code was run from, with ``-dirty`` when the tree had uncommitted changes."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, check=True, timeout=10)
-        return out.stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "models", "training"],
+                               cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=10).stdout
+        return head + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
 

@@ -89,6 +89,7 @@ def train(recipe_name: str, args: Any) -> Path | None:
     ctx = common.init_distributed(device)
     device = common.local_device(device, ctx)
     common.seed_everything(args.seed)
+    commit = common.git_commit()  # read at the start: the code that trains, not the tree at the end
     epochs = args.epochs or recipe.epochs
     batch_size = args.batch_size or recipe.batch_size
 
@@ -107,18 +108,18 @@ def train(recipe_name: str, args: Any) -> Path | None:
     model = common.wrap_ddp(module, device, ctx)
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True,
                                 weight_decay=recipe.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=recipe.lr, total_steps=epochs * len(loader), pct_start=0.2)
     augment_rng = torch.Generator().manual_seed(args.seed + 1 + ctx.rank)
-
     checkpoint = common.Checkpoint(Path(args.checkpoint_dir) / recipe.name) if args.checkpoint_dir else None
     start_epoch, elapsed = 0, 0.0
     if checkpoint and checkpoint.exists():
         meta = checkpoint.load(module, optimizer)
         start_epoch, elapsed = meta["epoch"], meta["seconds"]
-        scheduler.load_state_dict(meta["scheduler"])
         augment_rng.manual_seed(args.seed + 1 + ctx.rank + 1000 * start_epoch)
         print(f"resumed {recipe.name} after epoch {start_epoch}")
+    # Rebuilt from the step count (not restored), so a resumed run may also change --epochs.
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=recipe.lr, total_steps=max(epochs, start_epoch + 1) * len(loader), pct_start=0.2,
+        last_epoch=start_epoch * len(loader) - 1)
 
     test_pixels, test_labels = to_pixels(test_split.images), torch.from_numpy(test_split.labels)
     started = time.time() - elapsed
@@ -139,8 +140,7 @@ def train(recipe_name: str, args: Any) -> Path | None:
             accuracy = evaluate(module, test_pixels, test_labels, device)
             print(f"{recipe.name} epoch {epoch + 1}: test accuracy {accuracy:.4f}", flush=True)
             if checkpoint:
-                checkpoint.save(module, optimizer, {"epoch": epoch + 1, "seconds": time.time() - started,
-                                                    "scheduler": scheduler.state_dict()})
+                checkpoint.save(module, optimizer, {"epoch": epoch + 1, "seconds": time.time() - started})
 
     out_dir = None
     if ctx.is_main:
@@ -160,7 +160,7 @@ def train(recipe_name: str, args: Any) -> Path | None:
             "metrics": {"test_accuracy": round(accuracy, 4)},
             "trained": {"epochs": epochs, "seconds": round(time.time() - started, 1),
                         "device": str(device), "world_size": ctx.world_size,
-                        "git_commit": common.git_commit(), "seed": args.seed,
+                        "git_commit": commit, "seed": args.seed,
                         "batch_size": batch_size, "torch": torch.__version__},
         }
         models.save_artifact(module, manifest, out_dir)

@@ -1,0 +1,94 @@
+"""Smoke tests on the committed weights (fast), and the full test sets through the HTTP API (slow)."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.main import create_app
+from service.settings import Settings
+from tests.conftest import REPO_ROOT, wait_ready
+from training.data import data_root, load_image_split
+
+WEIGHTS = REPO_ROOT / "weights"
+TARGETS = {"mnist-cnn": ("mnist", 0.993), "fashion-cnn": ("fashion-mnist", 0.930)}
+pytestmark = pytest.mark.skipif(not (data_root() / "mnist").is_dir(), reason="shared datasets not present")
+
+
+def latest_manifest(name: str) -> dict:
+    versions = sorted((WEIGHTS / name).iterdir(), key=lambda p: int(p.name))
+    return json.loads((versions[-1] / "manifest.json").read_text())
+
+
+def png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image, "L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[TestClient]:
+    settings = Settings(weights_dir=WEIGHTS, device="cpu", models=[n for n in TARGETS if (WEIGHTS / n).is_dir()], max_inputs_per_request=256)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client, timeout=60)
+        yield client
+
+
+def accuracy_through_api(client: TestClient, name: str, images: np.ndarray, labels: np.ndarray,
+                         batch: int = 250) -> float:
+    correct = 0
+    for start in range(0, len(images), batch):
+        files = [("file", (f"{i}.png", png(image), "image/png"))
+                 for i, image in enumerate(images[start:start + batch])]
+        response = client.post(f"/v1/models/{name}/predict", files=files)
+        assert response.status_code == 200, response.text
+        predicted = [item["index"] for item in response.json()["predictions"]]
+        correct += int((np.array(predicted) == labels[start:start + batch]).sum())
+    return correct / len(images)
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_committed_weights_meet_their_target_in_the_manifest(name: str) -> None:
+    manifest = latest_manifest(name)
+    dataset, target = TARGETS[name]
+    assert manifest["metrics"]["test_accuracy"] >= target
+    assert manifest["dataset"]["name"] == dataset and manifest["dataset"]["test_size"] == 10_000
+
+
+def test_a_real_mnist_digit_is_read_correctly(served: TestClient) -> None:
+    split = load_image_split("mnist", "test")
+    response = served.post("/v1/models/mnist-cnn/predict", content=png(split.images[0]),
+                           headers={"content-type": "image/png"})
+    assert response.status_code == 200
+    prediction = response.json()["predictions"][0]
+    assert prediction["label"] == str(split.labels[0]) == "7" and prediction["score"] > 0.9
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_first_500_test_images_through_the_api(served: TestClient, name: str) -> None:
+    split = load_image_split(TARGETS[name][0], "test")
+    assert accuracy_through_api(served, name, split.images[:500], split.labels[:500]) >= 0.97 - (
+        0.05 if name == "fashion-cnn" else 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_full_test_set_accuracy_through_the_api(served: TestClient, name: str) -> None:
+    dataset, target = TARGETS[name]
+    split = load_image_split(dataset, "test")
+    accuracy = accuracy_through_api(served, name, split.images, split.labels)
+    print(f"{name}: {accuracy:.4f} on the full {dataset} test set through the API")
+    assert accuracy >= target
+    assert accuracy == pytest.approx(latest_manifest(name)["metrics"]["test_accuracy"], abs=0.0005)
+
+
+def test_weights_are_safetensors_only() -> None:
+    files = [p for p in Path(WEIGHTS).rglob("*") if p.is_file()]
+    assert files and {p.name for p in files} <= {"model.safetensors", "manifest.json"}
