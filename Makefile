@@ -25,6 +25,7 @@ test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-load: setup
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) || echo "wrk could not be installed: its test will be skipped"
 	$(BIN)/python -m pytest -q -m load $(PYTEST_ARGS)
 
 test-accuracy: setup

@@ -2,7 +2,8 @@
 
 A request's inputs become items, each with its own future and its arrival-based deadline. A batch
 closes when it holds ``max_batch_size`` items, when ``max_delay_s`` has passed since its first item,
-or at once when the model is idle (no forward running), so a lone request never waits. One closed
+or at once when the model is idle (no forward running) and no other input is announced (being
+decoded by another request), so a lone request never waits. One closed
 batch may wait for the running one (a pipeline of depth one keeps the device fed). Items whose
 future is already done (the client went away, or its deadline passed) are dropped before the
 forward. The forward runs in the device's executor, off the event loop. A forward that raises
@@ -77,6 +78,29 @@ class _NullObserver:
         pass
 
 
+class Announcement:
+    """Inputs that a request will submit once decoded. While some are announced, an idle model waits
+    (up to ``max_delay_s``) for them instead of running a batch of one: batching under load without
+    adding latency to a request that is truly alone."""
+
+    def __init__(self, batcher: Batcher, count: int) -> None:
+        self._batcher = batcher
+        self._count = count
+        batcher._incoming += count
+
+    def release(self) -> None:
+        if self._count:
+            self._batcher._incoming -= self._count
+            self._count = 0
+            self._batcher._changed.set()
+
+    def __enter__(self) -> Announcement:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 @dataclass(eq=False)
 class _Item:
     payload: Any
@@ -106,6 +130,7 @@ class Batcher:
         self._changed = asyncio.Event()  # an item arrived or the forward finished
         self._running: asyncio.Future[Any] | None = None
         self._closed: list[_Item] = []  # a batch waiting for the running forward to finish
+        self._incoming = 0  # announced inputs still being decoded
         self._task: asyncio.Task[None] | None = None
         self._dead_reason: str | None = None
         self._batch_seconds_ema = 0.0
@@ -135,7 +160,12 @@ class Batcher:
         return sum(1 for item in self._queue if not item.future.done())
 
     # -- the client side ---------------------------------------------------------------------
-    async def submit(self, payloads: Sequence[Any], deadline: float) -> list[Any]:
+    def announce(self, count: int) -> Announcement:
+        """Say that ``count`` inputs are on their way (decoding); ``submit`` or ``release`` ends it."""
+        return Announcement(self, count)
+
+    async def submit(self, payloads: Sequence[Any], deadline: float,
+                     announcement: Announcement | None = None) -> list[Any]:
         """Queue the payloads; return their results in order. ``deadline`` is ``time.monotonic()`` based.
 
         Raises QueueFull at once when they don't fit, DeadlineExceeded when the deadline passes,
@@ -155,6 +185,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         items = [_Item(payload, loop.create_future(), deadline, now) for payload in payloads]
         self._queue.extend(items)
+        if announcement is not None:
+            announcement.release()
         self._observer.queue_depth(len(self._queue))
         self._changed.set()
         futures = [item.future for item in items]
@@ -210,7 +242,9 @@ class Batcher:
                 first = self._queue[0]
                 closes_at = first.enqueued + self.config.max_delay_s
                 remaining = closes_at - time.monotonic()
-                if len(self._queue) >= self.config.max_batch_size or self._idle() or remaining <= 0:
+                full = len(self._queue) >= self.config.max_batch_size
+                alone = self._idle() and self._incoming <= 0  # nothing running, nothing on its way
+                if full or alone or remaining <= 0:
                     count = min(len(self._queue), self.config.max_batch_size)
                     batch = [self._queue.popleft() for _ in range(count)]
                     self._observer.queue_depth(len(self._queue))

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from service.batcher import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull
+from service.batcher import Announcement, BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull
 from service.errors import ServeError
 from service.registry import ServedModel
 
@@ -58,13 +58,28 @@ async def decode_all(decode: Callable[[Any, int], Any], raw_inputs: Sequence[Any
     return await run_in_threadpool(lambda: [decode(raw, index) for index, raw in enumerate(raw_inputs)])
 
 
-async def infer(request: Request, served: ServedModel, payloads: list[Any], timeout_s: float) -> list[Any]:
+async def decode_and_infer(request: Request, served: ServedModel, decode: Callable[[Any, int], Any],
+                           raw_inputs: Sequence[Any], timeout_s: float) -> list[Any]:
+    """Decode and validate every input off the event loop, then queue them on the model's batcher.
+
+    The inputs are announced to the batcher while they decode, so that an idle model waits a little
+    for them rather than running a batch of one just before they arrive.
+    """
+    require_ready(served)
+    assert served.batcher is not None
+    with served.batcher.announce(len(raw_inputs)) as announcement:
+        payloads = await decode_all(decode, raw_inputs)
+        return await infer(request, served, payloads, timeout_s, announcement)
+
+
+async def infer(request: Request, served: ServedModel, payloads: list[Any], timeout_s: float,
+                announcement: Announcement | None = None) -> list[Any]:
     """Queue decoded payloads on the model's batcher and return their results in order."""
     require_ready(served)
     assert served.batcher is not None
     deadline = arrival_time(request) + timeout_s
     try:
-        return await until_disconnect(request, served.batcher.submit(payloads, deadline))
+        return await until_disconnect(request, served.batcher.submit(payloads, deadline, announcement))
     except QueueFull as exc:
         raise ServeError(503, f"model {served.name} is at capacity ({served.batcher.config.max_queue} "
                          "inputs queued); retry later", "queue_full",

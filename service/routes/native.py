@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
 from service.errors import ServeError
-from service.predict import decode_all, infer
+from service.predict import decode_and_infer
 from service.registry import Registry, ServedModel
 from service.responses import JSONResponse
 from service.routes.bodies import read_image_request
@@ -94,8 +94,9 @@ async def classify_images(request: Request, served: ServedModel, registry: Regis
                                            instances_key)
     parameters = parse_image_parameters(params)
     runtime = served.runtime
-    payloads = await decode_all(lambda data, index: runtime.decode_image(data, index, parameters.invert), raw)
-    results = await infer(request, served, payloads, registry.timeout_s(served.name))
+    results = await decode_and_infer(request, served,
+                                     lambda data, index: runtime.decode_image(data, index, parameters.invert),
+                                     raw, registry.timeout_s(served.name))
     return [runtime.encode(probabilities, parameters.top_k) for probabilities in results]
 
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from service import __version__
 from service.errors import ServeError
-from service.predict import decode_all, infer
+from service.predict import decode_and_infer
 from service.registry import Registry, ServedModel
 from service.responses import JSONResponse
 from service.routes.deps import RegistryDep, SettingsDep
@@ -271,8 +271,9 @@ async def _infer(request: Request, served: ServedModel, registry: Registry, max_
     pixels = _pixels_items(tensors, served, max_inputs)
     outputs = _requested_outputs(parsed, served)
     runtime = served.runtime
-    payloads = await decode_all(lambda item, index: runtime.decode_pixels(item, index), list(pixels))
-    probabilities = np.stack(await infer(request, served, payloads, registry.timeout_s(served.name)))
+    results = await decode_and_infer(request, served, lambda item, index: runtime.decode_pixels(item, index),
+                                     list(pixels), registry.timeout_s(served.name))
+    probabilities = np.stack(results)
     labels = np.array([runtime.labels[i].encode() for i in probabilities.argmax(axis=1)], dtype=np.object_)
     values = {"probabilities": probabilities.astype(np.float32), "label": labels}
     header_outputs, chunks = [], []

@@ -294,3 +294,35 @@ def test_a_fatal_device_error_kills_the_batcher_and_fails_its_queue() -> None:
 def test_config_is_validated() -> None:
     with pytest.raises(ValueError):
         BatchConfig(max_batch_size=0)
+
+
+def test_an_idle_model_waits_for_announced_inputs_to_batch_them() -> None:
+    async def scenario() -> RecordingModel:
+        model = RecordingModel()
+        batcher, executor, _ = make(model, max_batch_size=8, max_delay_s=1.0)
+        coming = batcher.announce(1)  # another request is still decoding its input
+        first = asyncio.ensure_future(batcher.submit(["a"], later()))
+        await asyncio.sleep(0.05)
+        assert model.batches == []  # held for the announced input, not run as a batch of one
+        second = asyncio.ensure_future(batcher.submit(["b"], later(), coming))
+        assert await asyncio.gather(first, second) == [["a" * 10], ["b" * 10]]
+        await batcher.stop()
+        executor.shutdown()
+        return model
+
+    assert run(scenario()).batches == [["a", "b"]]
+
+
+def test_an_announcement_that_fails_to_arrive_delays_at_most_max_delay() -> None:
+    async def scenario() -> float:
+        model = RecordingModel()
+        batcher, executor, _ = make(model, max_batch_size=8, max_delay_s=0.1)
+        with batcher.announce(1):  # e.g. its decode fails: the context releases it
+            started = time.perf_counter()
+            await batcher.submit(["a"], later())
+            elapsed = time.perf_counter() - started
+        await batcher.stop()
+        executor.shutdown()
+        return elapsed
+
+    assert 0.08 <= run(scenario()) < 0.6
