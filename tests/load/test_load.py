@@ -79,11 +79,11 @@ def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
     process.stop()
 
 
-async def fire(base: str, bodies: list[bytes], concurrency: int, timeout: float = 60) -> list[httpx.Response]:
+async def fire(base: str, bodies: list[bytes], concurrency: int, timeout_s: float = 60) -> list[httpx.Response]:
     """Send every body once, ``concurrency`` at a time; return the responses in the bodies' order."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     semaphore = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=timeout) as client:
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=timeout_s) as client:
         async def one(body: bytes) -> httpx.Response:
             async with semaphore:
                 return await client.post("/v1/models/mnist-cnn/predict?top_k=10", content=body,

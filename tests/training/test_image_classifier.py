@@ -30,7 +30,7 @@ def test_cli_writes_a_loadable_versioned_artifact(tmp_path: Path) -> None:
     assert 0.0 <= first["metrics"]["test_accuracy"] <= 1.0
     assert first["dataset"]["test_size"] == 200 and first["trained"]["seed"] == 0
     assert first["metrics"] == second["metrics"]  # seeded: the same run gives the same result
-    module, manifest = models.load(tmp_path / "mnist-cnn" / "1")
+    _, manifest = models.load(tmp_path / "mnist-cnn" / "1")
     assert manifest["sha256"] == first["sha256"]
 
 
