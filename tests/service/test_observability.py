@@ -107,3 +107,10 @@ def test_a_broken_artifact_fails_its_model_not_the_server(make_client, weights_d
         detail = client.get("/v1/models/tiny-resnet").json()
         assert detail["ready"] is False and "sha256" in detail["status"]
         assert client.get("/v1/models/tiny-cnn").json()["ready"] is True
+
+
+def test_playground_page_is_self_contained(client: TestClient) -> None:
+    response = client.get("/")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    external = [url for url in re.findall(r'(?:src|href)="([^"]+)"', response.text) if "//" in url]
+    assert external == [] and "/v1/models" in response.text
