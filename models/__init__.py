@@ -11,9 +11,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.artifact import ArtifactError, load_tensors, read_manifest, save_artifact
+from models.artifact import ArtifactError, load_tensors, read_manifest, read_tokenizer_json, save_artifact
 from models.cnn import CNN, CNNConfig
 from models.resnet import ResNet, ResNetConfig
+from models.rnn import RNNClassifier, RNNConfig
+from models.transformer import TransformerConfig, TransformerEncoder
 
 __all__ = ["ARCHITECTURES", "Architecture", "ArtifactError", "build", "config_to_dict", "load", "save_artifact"]
 
@@ -27,6 +29,8 @@ class Architecture:
 ARCHITECTURES: dict[str, Architecture] = {
     "cnn": Architecture(CNNConfig, CNN),
     "resnet": Architecture(ResNetConfig, ResNet),
+    "rnn": Architecture(RNNConfig, RNNClassifier),
+    "transformer": Architecture(TransformerConfig, TransformerEncoder),
 }
 
 
@@ -64,8 +68,24 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Modul
     manifest = read_manifest(directory)
     module = build(manifest["architecture"], manifest["config"])
     tensors = load_tensors(directory, manifest)
+    reference = module.state_dict()
+    # fp16-stored weights load into the float32 module: the server picks the serving dtype itself.
+    tensors = {key: value.to(reference[key].dtype) if key in reference and value.is_floating_point() else value
+               for key, value in tensors.items()}
     missing, unexpected = module.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise ArtifactError(f"{directory}: weights do not fit the architecture "
                             f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     return module.to(device).eval(), manifest
+
+
+def load_tokenizer(path: str | Path, manifest: dict[str, Any]) -> Any:
+    """The artifact's tokenizer (``tokenizers.Tokenizer``, without padding/truncation), or None."""
+    from models.text import plain
+
+    text = read_tokenizer_json(Path(path), manifest)
+    if text is None:
+        return None
+    from tokenizers import Tokenizer
+
+    return plain(Tokenizer.from_str(text))

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
+TOKENIZER_FILE = "tokenizer.json"  # text models only
 REQUIRED_KEYS = ("name", "version", "task", "architecture", "config", "sha256")
 
 
@@ -32,11 +33,20 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_artifact(module: torch.nn.Module, manifest: dict[str, Any], directory: Path) -> Path:
-    """Write the module's tensors and the manifest (with the weights' hash) into ``directory``."""
+def save_artifact(module: torch.nn.Module, manifest: dict[str, Any], directory: Path,
+                  tokenizer_json: str | None = None, dtype: torch.dtype | None = None) -> Path:
+    """Write the module's tensors (cast to ``dtype`` if given), the tokenizer if any, and the manifest
+    with both hashes into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
+    if tokenizer_json is not None:
+        tokenizer_path = directory / TOKENIZER_FILE
+        tokenizer_path.write_text(tokenizer_json)
+        manifest = {**manifest, "tokenizer": {**manifest.get("tokenizer", {}), "file": TOKENIZER_FILE,
+                                              "sha256": sha256_of(tokenizer_path)}}
     weights_path = directory / WEIGHTS_FILE
     state = {key: value.detach().contiguous().cpu() for key, value in module.state_dict().items()}
+    if dtype is not None:
+        state = {key: value.to(dtype) if value.is_floating_point() else value for key, value in state.items()}
     save_file(state, str(weights_path))
     weights_path.chmod(0o644)  # safetensors writes 0600; a server running as another user must read it
     full_manifest = {**manifest, "sha256": sha256_of(weights_path)}
@@ -69,3 +79,16 @@ def load_tensors(directory: Path, manifest: dict[str, Any], device: str = "cpu")
             f"{weights_path} has sha256 {actual[:12]}…, the manifest says {manifest['sha256'][:12]}…"
         )
     return load_file(str(weights_path), device=device)
+
+
+def read_tokenizer_json(directory: Path, manifest: dict[str, Any]) -> str | None:
+    """The tokenizer's JSON, hash-checked, or None for models without one."""
+    entry = manifest.get("tokenizer")
+    if not entry:
+        return None
+    path = directory / entry.get("file", TOKENIZER_FILE)
+    if not path.is_file():
+        raise ArtifactError(f"{path} does not exist")
+    if sha256_of(path) != entry.get("sha256"):
+        raise ArtifactError(f"{path} does not match the sha256 in the manifest")
+    return path.read_text()

@@ -10,9 +10,10 @@ import os
 
 import torch
 
-from training import image_classifier
+from training import image_classifier, text_classifier
 
 RECIPES = {name: image_classifier.train for name in image_classifier.RECIPES}
+RECIPES |= {name: text_classifier.train for name in text_classifier.RECIPES}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

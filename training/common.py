@@ -141,3 +141,10 @@ class Checkpoint:
                 per_param.setdefault(int(index), {})[name] = value
         optimizer.load_state_dict({"state": per_param, "param_groups": meta.pop("param_groups")})
         return meta
+
+
+def latest_version_dir(weights_root: Path, name: str) -> Path:
+    versions = [p for p in (weights_root / name).glob("*") if p.is_dir() and p.name.isdigit()]
+    if not versions:
+        raise SystemExit(f"{weights_root / name} holds no version; train or import {name} first")
+    return max(versions, key=lambda p: int(p.name))

@@ -70,3 +70,25 @@ def load_image_split(dataset: str, split: str) -> ImageSplit:
     if len(images) != len(labels):
         raise ValueError(f"{folder}: {len(images)} images but {len(labels)} labels")
     return ImageSplit(images, labels)
+
+
+@dataclass(frozen=True)
+class TextSplit:
+    texts: list[str]
+    labels: np.ndarray  # int64 [N]
+
+
+def load_sst2(split: str) -> TextSplit:
+    """SST-2 TSV (``label<TAB>sentence``): split is train, dev or test."""
+    path = data_root() / "sst2" / f"{split}.tsv"
+    lines = _open(path).decode("utf-8").splitlines()
+    if not lines or lines[0].split("\t") != ["label", "sentence"]:
+        raise ValueError(f"{path}: expected the header 'label<TAB>sentence'")
+    texts, labels = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        label, _, sentence = line.partition("\t")
+        if label not in ("0", "1") or not sentence:
+            raise ValueError(f"{path}:{number}: malformed row")
+        texts.append(sentence)
+        labels.append(int(label))
+    return TextSplit(texts, np.array(labels, dtype=np.int64))
