@@ -94,6 +94,8 @@ class EncoderBlock(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
+    position_table: torch.Tensor
+
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         self.config = config

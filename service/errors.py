@@ -56,24 +56,39 @@ def _describe_validation(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+OPENAI_PATHS = frozenset({"/v1/embeddings", "/v1/completions", "/v1/chat/completions"})
+_OPENAI_TYPES = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error",
+                 503: "server_error", 504: "timeout", 500: "server_error"}
+
+
+def _respond(request: Request, status: int, message: str, type_: str,
+             headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """Our error shape, or OpenAI's on the OpenAI-compatible routes (its clients parse that one)."""
+    if request.url.path in OPENAI_PATHS:
+        kind = _OPENAI_TYPES.get(status, "invalid_request_error")
+        body = {"error": {"message": message, "type": kind, "param": None, "code": type_}}
+        return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+    return error_response(status, message, type_, headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServeError)
-    async def _serve_error(_: Request, exc: ServeError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.type, exc.headers)
+    async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
+        return _respond(request, exc.status, exc.message, exc.type, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 404 and message == "Not Found":
             message = "no such route"
-        return error_response(exc.status_code, message, _TYPES.get(exc.status_code, "error"),
-                              getattr(exc, "headers", None))
+        return _respond(request, exc.status_code, message, _TYPES.get(exc.status_code, "error"),
+                        getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(422, _describe_validation(list(exc.errors())), "validation_error")
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _respond(request, 422, _describe_validation(list(exc.errors())), "validation_error")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal error; this is a bug, see the server log", "internal")
+        return _respond(request, 500, "internal error; this is a bug, see the server log", "internal")

@@ -140,7 +140,8 @@ class Registry:
             raise RuntimeError(f"no runtime for task {manifest['task']!r}")
         served.manifest = manifest
         served.runtime = runtime_class(module, manifest, self.device, self.dtype,
-                                       DecodeLimits(self.settings.max_image_pixels))
+                                       DecodeLimits(self.settings.max_image_pixels),
+                                       tokenizer=models.load_tokenizer(served.path, manifest))
         served.runtime.warmup(self.batch_config(served.name).max_batch_size)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

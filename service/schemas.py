@@ -17,8 +17,13 @@ class ImageParameters(BaseModel):
     invert: bool | None = Field(default=None, description="dark ink on light paper? null: decide from the border")
 
 
+class TextParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    top_k: int = Field(default=3, ge=1, le=1000, description="how many classes to list (classifiers)")
+
+
 class PredictRequest(BaseModel):
-    inputs: list[Any] = Field(min_length=1, description="one item per input; images as {\"b64\": ...}")
+    inputs: list[Any] = Field(min_length=1, description='one item per input: images as {"b64": ...}, texts as strings')
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -40,14 +45,26 @@ class Classification(BaseModel):
     top_k: list[ScoredLabel]
 
 
+class TextClassification(Classification):
+    truncated: bool = Field(description="the text was longer than the model's maximum and was cut")
+
+
+class Embedding(BaseModel):
+    embedding: list[float]
+    truncated: bool
+
+
+Prediction = Classification | TextClassification | Embedding
+
+
 class PredictResponse(BaseModel):
     model: str
     version: int
-    predictions: list[Classification]
+    predictions: list[Prediction]
 
 
 class KServeV1Response(BaseModel):
-    predictions: list[Classification]
+    predictions: list[Prediction]
 
 
 class ErrorBody(BaseModel):

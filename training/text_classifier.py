@@ -59,7 +59,11 @@ RECIPES = {
 
 
 def encode(tokenizer: Any, texts: list[str], max_len: int) -> list[list[int]]:
-    return [encoding.ids[:max_len] or [1] for encoding in tokenizer.encode_batch(texts)]
+    """Token ids, truncated by the tokenizer itself (so special tokens such as [SEP] survive)."""
+    tokenizer.enable_truncation(max_len)
+    ids = [encoding.ids or [1] for encoding in tokenizer.encode_batch(texts)]
+    tokenizer.no_truncation()
+    return ids
 
 
 def pad(batch: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

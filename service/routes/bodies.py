@@ -88,3 +88,26 @@ async def read_image_request(request: Request, max_inputs: int, max_part_bytes: 
         return [b64_image(item, index) for index, item in enumerate(items)], {**query, **parsed.parameters}
     raise ServeError(415, f"unsupported media type {kind or '(none)'!r}: send an image (image/png, image/jpeg, "
                      "image/webp, image/bmp), multipart/form-data with file fields, or application/json")
+
+
+async def read_text_request(request: Request, max_inputs: int,
+                            instances_key: str = "inputs") -> tuple[list[Any], dict[str, Any]]:
+    """(texts, parameters) from JSON ``{"inputs": [...]}`` (or ``instances``) or a text/plain body."""
+    kind = media_type(request)
+    query = dict(request.query_params)
+    if kind == "text/plain":
+        body = await request.body()
+        try:
+            return [body.decode("utf-8")], query
+        except UnicodeDecodeError:
+            raise InputError(0, "text is not valid UTF-8") from None
+    if kind in JSON_TYPES or kind.endswith("+json"):
+        from service.schemas import KServeV1Request, PredictRequest
+
+        schema = PredictRequest if instances_key == "inputs" else KServeV1Request
+        parsed = await read_json(request, schema)
+        items = getattr(parsed, instances_key)
+        check_count(len(items), max_inputs)
+        return items, {**query, **parsed.parameters}
+    raise ServeError(415, f"unsupported media type {kind or '(none)'!r}: send application/json "
+                     '{"inputs": ["text", ...]} or text/plain')

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 
 from service.responses import JSONResponse
 from service.routes.deps import RegistryDep, SettingsDep
-from service.routes.native import classify_images
+from service.routes.native import predict_items
 from service.schemas import ERROR_RESPONSES, KServeV1Request, KServeV1Response
 
 router = APIRouter(tags=["kserve-v1"])
@@ -19,5 +19,5 @@ V1_BODY = {"requestBody": {"required": True, "content": {
              responses=ERROR_RESPONSES, openapi_extra=V1_BODY)
 async def kserve_predict(name: str, request: Request, registry: RegistryDep, settings: SettingsDep) -> JSONResponse:
     served = registry.get(name)
-    predictions = await classify_images(request, served, registry, settings, instances_key="instances")
+    predictions = await predict_items(request, served, registry, settings, instances_key="instances")
     return JSONResponse({"predictions": predictions})

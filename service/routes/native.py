@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from service.errors import ServeError
 from service.predict import decode_and_infer
 from service.registry import Registry, ServedModel
 from service.responses import JSONResponse
-from service.routes.bodies import read_image_request
+from service.routes.bodies import read_image_request, read_text_request
 from service.routes.deps import RegistryDep, SettingsDep
-from service.schemas import ERROR_RESPONSES, ImageParameters, PredictResponse
+from service.schemas import ERROR_RESPONSES, ImageParameters, PredictResponse, TextParameters
 from service.settings import Settings
 
 router = APIRouter(tags=["native"])
+P = TypeVar("P", bound=BaseModel)
 
 IMAGE_BODY = {
     "requestBody": {
@@ -26,6 +27,7 @@ IMAGE_BODY = {
             "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
             "multipart/form-data": {"schema": {"type": "object", "properties": {
                 "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+            "text/plain": {"schema": {"type": "string"}},
             "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
         },
     }
@@ -50,7 +52,9 @@ def model_detail(served: ServedModel, registry: Registry) -> dict[str, Any]:
         "architecture": manifest.get("architecture"), "labels": manifest.get("labels"),
         "inputs": [spec.as_dict() for spec in runtime.inputs] if runtime else [],
         "outputs": [spec.as_dict() for spec in runtime.outputs] if runtime else [],
-        "parameters": ImageParameters.model_json_schema()["properties"] if runtime else {},
+        "parameters": (ImageParameters if served.task == "image-classification" else TextParameters
+                       ).model_json_schema()["properties"],
+        "max_tokens": getattr(runtime, "max_tokens", None),
         "device": served.device or None, "dtype": served.dtype or None,
         "batching": {"max_batch_size": config.max_batch_size, "max_delay_ms": config.max_delay_s * 1000,
                      "max_queue": config.max_queue, "timeout_ms": registry.timeout_s(served.name) * 1000},
@@ -75,33 +79,42 @@ async def get_model_version(name: str, version: str, registry: RegistryDep) -> J
     return JSONResponse(model_detail(registry.get(name, version), registry))
 
 
-def parse_image_parameters(params: dict[str, Any]) -> ImageParameters:
+def parse_parameters(schema: type[P], params: dict[str, Any]) -> P:
     try:
-        return ImageParameters.model_validate(params)
+        return schema.model_validate(params)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise ServeError(422, f"parameters.{where}: {first['msg']}", "validation_error") from None
 
 
-async def classify_images(request: Request, served: ServedModel, registry: Registry, settings: Settings,
-                          instances_key: str = "inputs") -> list[dict[str, Any]]:
-    """Shared by the native and KServe V1 routes: read, decode, batch, encode."""
-    if served.task != "image-classification":
-        raise ServeError(400, f"model {served.name} is a {served.task or 'failed'} model; "
-                         "this route takes images for a classifier", "wrong_task")
-    raw, params = await read_image_request(request, settings.max_inputs_per_request, settings.max_body_bytes,
-                                           instances_key)
-    parameters = parse_image_parameters(params)
-    runtime = served.runtime
-    results = await decode_and_infer(request, served,
-                                     lambda data, index: runtime.decode_image(data, index, parameters.invert),
-                                     raw, registry.timeout_s(served.name))
-    return [runtime.encode(probabilities, parameters.top_k) for probabilities in results]
+TEXT_TASKS = ("text-classification", "text-embedding")
+
+
+async def predict_items(request: Request, served: ServedModel, registry: Registry, settings: Settings,
+                        instances_key: str = "inputs") -> list[dict[str, Any]]:
+    """Shared by the native and KServe V1 routes: read the body for the model's task, decode, batch, encode."""
+    runtime, timeout_s = served.runtime, registry.timeout_s(served.name)
+    if runtime is None:
+        raise ServeError(503, f"model {served.name} v{served.version} is not loaded ({served.status})",
+                         headers={"Retry-After": "5"})
+    if served.task == "image-classification":
+        raw, params = await read_image_request(request, settings.max_inputs_per_request, settings.max_body_bytes,
+                                               instances_key)
+        image_params = parse_parameters(ImageParameters, params)
+        results = await decode_and_infer(
+            request, served, lambda data, index: runtime.decode_image(data, index, image_params.invert), raw, timeout_s)
+        return [runtime.encode(result, image_params.top_k) for result in results]
+    if served.task in TEXT_TASKS:
+        texts, params = await read_text_request(request, settings.max_inputs_per_request, instances_key)
+        text_params = parse_parameters(TextParameters, params)
+        results = await decode_and_infer(request, served, runtime.decode_text, texts, timeout_s)
+        return [runtime.encode(result, text_params.top_k) for result in results]
+    raise ServeError(400, f"model {served.name} ({served.task}) has no predict route", "wrong_task")
 
 
 async def _predict(request: Request, served: ServedModel, registry: Registry, settings: Settings) -> JSONResponse:
-    predictions = await classify_images(request, served, registry, settings)
+    predictions = await predict_items(request, served, registry, settings)
     return JSONResponse({"model": served.name, "version": served.version, "predictions": predictions})
 
 

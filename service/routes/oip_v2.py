@@ -263,19 +263,50 @@ def _requested_outputs(parsed: InferRequest, served: ServedModel) -> list[tuple[
     return chosen
 
 
-async def _infer(request: Request, served: ServedModel, registry: Registry, max_inputs: int) -> Response:
-    if served.task != "image-classification" or served.runtime is None:
-        raise ServeError(400 if served.runtime else 503, f"model {served.name} cannot run V2 infer "
-                         f"({served.status})", "unavailable" if served.runtime is None else "wrong_task")
-    parsed, tensors = await parse_infer_request(request)
-    pixels = _pixels_items(tensors, served, max_inputs)
-    outputs = _requested_outputs(parsed, served)
-    runtime = served.runtime
-    results = await decode_and_infer(request, served, lambda item, index: runtime.decode_pixels(item, index),
-                                     list(pixels), registry.timeout_s(served.name))
-    probabilities = np.stack(results)
+def _text_items(tensors: dict[str, np.ndarray], served: ServedModel, max_inputs: int) -> list[Any]:
+    if set(tensors) != {"text"}:
+        raise ServeError(400, f"model {served.name} takes one BYTES input 'text'; got {sorted(tensors)}",
+                         "invalid_input")
+    text = tensors["text"]
+    if text.dtype != np.object_ or text.ndim not in (1, 2) or (text.ndim == 2 and text.shape[1] != 1):
+        raise ServeError(400, f"input text must be BYTES of shape [-1] (or [-1, 1]), got {list(text.shape)}",
+                         "invalid_input")
+    items = list(text.reshape(-1))
+    if not items:
+        raise ServeError(422, "the batch dimension must not be empty", "validation_error")
+    if len(items) > max_inputs:
+        raise ServeError(413, f"{len(items)} inputs exceed the limit of {max_inputs} per request", "too_many_inputs")
+    return items
+
+
+async def _run(request: Request, served: ServedModel, registry: Registry, tensors: dict[str, np.ndarray],
+               max_inputs: int) -> dict[str, np.ndarray]:
+    """Decode the input tensor into items, batch them, and gather the outputs as tensors by name."""
+    runtime, timeout_s = served.runtime, registry.timeout_s(served.name)
+    if served.task == "image-classification":
+        results = await decode_and_infer(request, served, runtime.decode_pixels,
+                                         list(_pixels_items(tensors, served, max_inputs)), timeout_s)
+        probabilities = np.stack(results)
+    elif served.task in ("text-classification", "text-embedding"):
+        results = await decode_and_infer(request, served, runtime.decode_bytes,
+                                         _text_items(tensors, served, max_inputs), timeout_s)
+        vectors = np.stack([vector for vector, _ in results]).astype(np.float32)
+        if served.task == "text-embedding":
+            return {"embedding": vectors}
+        probabilities = vectors
+    else:
+        raise ServeError(400, f"model {served.name} ({served.task}) has no V2 infer", "wrong_task")
     labels = np.array([runtime.labels[i].encode() for i in probabilities.argmax(axis=1)], dtype=np.object_)
-    values = {"probabilities": probabilities.astype(np.float32), "label": labels}
+    return {"probabilities": probabilities.astype(np.float32), "label": labels}
+
+
+async def _infer(request: Request, served: ServedModel, registry: Registry, max_inputs: int) -> Response:
+    if served.runtime is None:
+        raise ServeError(503, f"model {served.name} cannot run V2 infer ({served.status})",
+                         headers={"Retry-After": "5"})
+    parsed, tensors = await parse_infer_request(request)
+    outputs = _requested_outputs(parsed, served)
+    values = await _run(request, served, registry, tensors, max_inputs)
     header_outputs, chunks = [], []
     for name, datatype, binary in outputs:
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(values[name].shape)}

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from service.runtimes.base import DecodeLimits, Runtime, TensorSpec, resolve_dtype
 from service.runtimes.image_classifier import ImageClassifierRuntime
+from service.runtimes.text import TextClassifierRuntime, TextEmbedderRuntime
 
 RUNTIMES: dict[str, type] = {
-    ImageClassifierRuntime.task: ImageClassifierRuntime,
+    runtime.task: runtime for runtime in (ImageClassifierRuntime, TextClassifierRuntime, TextEmbedderRuntime)
 }
 
 __all__ = ["RUNTIMES", "DecodeLimits", "ImageClassifierRuntime", "Runtime", "TensorSpec", "resolve_dtype"]

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 
@@ -45,3 +46,15 @@ def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
         return torch.float16 if device.type == "cuda" else torch.float32
     dtype: torch.dtype = getattr(torch, requested)
     return dtype
+
+
+def classification_item(probabilities: np.ndarray, labels: list[str], top_k: int) -> dict[str, Any]:
+    """``{"label", "index", "score", "top_k"}`` for one row of class probabilities."""
+    order = np.argsort(-probabilities)[: max(1, min(top_k, len(probabilities)))]
+    best = int(order[0])
+    return {
+        "label": labels[best],
+        "index": best,
+        "score": float(probabilities[best]),
+        "top_k": [{"label": labels[i], "index": int(i), "score": float(probabilities[i])} for i in order],
+    }

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from service.errors import InputError
-from service.runtimes.base import DecodeLimits, TensorSpec
+from service.runtimes.base import DecodeLimits, TensorSpec, classification_item
 from service.runtimes.images import decode_image
 
 
@@ -18,7 +18,7 @@ class ImageClassifierRuntime:
     task = "image-classification"
 
     def __init__(self, module: nn.Module, manifest: dict[str, Any], device: torch.device,
-                 dtype: torch.dtype, limits: DecodeLimits) -> None:
+                 dtype: torch.dtype, limits: DecodeLimits, tokenizer: Any = None) -> None:
         self.module = module.to(device=device, dtype=dtype)
         self.device = device
         self.dtype = dtype
@@ -58,11 +58,4 @@ class ImageClassifierRuntime:
 
     # -- encode (event loop; numpy only) -----------------------------------------------------
     def encode(self, probabilities: np.ndarray, top_k: int) -> dict[str, Any]:
-        order = np.argsort(-probabilities)[: max(1, min(top_k, len(probabilities)))]
-        best = int(order[0])
-        return {
-            "label": self.labels[best],
-            "index": best,
-            "score": float(probabilities[best]),
-            "top_k": [{"label": self.labels[i], "index": int(i), "score": float(probabilities[i])} for i in order],
-        }
+        return classification_item(probabilities, self.labels, top_k)

@@ -1,0 +1,125 @@
+"""Runtimes for text models: strings -> token ids (truncated at the model's maximum) -> length-bucketed,
+padded batches -> class probabilities (classifiers) or sentence embeddings (embedders)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from service.errors import InputError
+from service.runtimes.base import DecodeLimits, TensorSpec, classification_item
+
+BUCKET_GROWTH = 1.5  # a new bucket starts where lengths exceed 1.5x the bucket's shortest
+
+
+@dataclass(frozen=True)
+class TextItem:
+    ids: list[int]
+    truncated: bool
+
+
+def length_buckets(lengths: Sequence[int], growth: float = BUCKET_GROWTH) -> list[list[int]]:
+    """Indices grouped so that each padded group wastes little: sort by length, cut where it grows."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    buckets: list[list[int]] = []
+    for index in order:
+        if buckets and lengths[index] <= growth * lengths[buckets[-1][0]]:
+            buckets[-1].append(index)
+        else:
+            buckets.append([index])
+    return buckets
+
+
+class TextRuntime:
+    """Shared by the text classifier and embedder: tokenization, bucketing, padding, the forward."""
+
+    task = ""
+
+    def __init__(self, module: nn.Module, manifest: dict[str, Any], device: torch.device, dtype: torch.dtype,
+                 limits: DecodeLimits, tokenizer: Any) -> None:
+        if tokenizer is None:
+            raise ValueError(f"{manifest['name']}: a text model needs a tokenizer in its artifact")
+        self.module = module.to(device=device, dtype=dtype)
+        self.device, self.dtype = device, dtype
+        self.max_tokens = int(manifest.get("preprocessing", {}).get("max_tokens", 128))
+        self.pad_id = int(manifest["config"].get("pad_id", 0))
+        self.tokenizer = tokenizer
+        self.tokenizer.enable_truncation(self.max_tokens)  # the tokenizer keeps [SEP] when it truncates
+        self.labels: list[str] | None = manifest.get("labels")
+        self.inputs = [TensorSpec("text", "BYTES", [-1])]
+        self.outputs: list[TensorSpec] = []
+
+    def decode_text(self, text: Any, index: int) -> TextItem:
+        if not isinstance(text, str):
+            raise InputError(index, f"must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise InputError(index, "empty text")
+        encoding = self.tokenizer.encode(text)
+        return TextItem(encoding.ids or [self.pad_id + 1], truncated=bool(encoding.overflowing))
+
+    def decode_bytes(self, raw: Any, index: int) -> TextItem:
+        """OIP V2 BYTES elements arrive as bytes: UTF-8 text."""
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(index, "text is not valid UTF-8") from None
+        return self.decode_text(raw, index)
+
+    @torch.inference_mode()
+    def run_module(self, items: list[TextItem]) -> list[np.ndarray]:
+        outputs: list[np.ndarray] = [np.empty(0)] * len(items)
+        for bucket in length_buckets([len(item.ids) for item in items]):
+            longest = max(len(items[i].ids) for i in bucket)
+            ids = torch.full((len(bucket), longest), self.pad_id, dtype=torch.long)
+            for row, i in enumerate(bucket):
+                ids[row, : len(items[i].ids)] = torch.tensor(items[i].ids)
+            lengths = torch.tensor([len(items[i].ids) for i in bucket])
+            result = self.module(ids.to(self.device), lengths.to(self.device)).float()  # [B, C] or [B, D]
+            for row, value in zip(bucket, self.postprocess(result).cpu().numpy(), strict=True):
+                outputs[row] = value
+        return outputs
+
+    def postprocess(self, output: torch.Tensor) -> torch.Tensor:
+        return output
+
+    def forward(self, payloads: list[TextItem]) -> Sequence[Any]:
+        return [(vector, item.truncated) for vector, item in zip(self.run_module(payloads), payloads, strict=True)]
+
+    def warmup(self, max_batch_size: int) -> None:
+        self.forward([TextItem([self.pad_id + 1] * 8, False)] * max_batch_size)
+        self.forward([TextItem([self.pad_id + 1] * self.max_tokens, False)])
+
+
+class TextClassifierRuntime(TextRuntime):
+    task = "text-classification"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.outputs = [TensorSpec("probabilities", "FP32", [-1, len(self.labels or [])]),
+                        TensorSpec("label", "BYTES", [-1])]
+
+    def postprocess(self, output: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(output, dim=-1)
+
+    def encode(self, result: tuple[np.ndarray, bool], top_k: int) -> dict[str, Any]:
+        probabilities, truncated = result
+        return {**classification_item(probabilities, self.labels or [], top_k), "truncated": truncated}
+
+
+class TextEmbedderRuntime(TextRuntime):
+    task = "text-embedding"
+
+    def __init__(self, module: nn.Module, manifest: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        super().__init__(module, manifest, *args, **kwargs)
+        self.dimensions = int(manifest["config"]["dim"])
+        self.outputs = [TensorSpec("embedding", "FP32", [-1, self.dimensions])]
+
+    def encode(self, result: tuple[np.ndarray, bool], top_k: int = 0) -> dict[str, Any]:
+        vector, truncated = result
+        return {"embedding": vector.astype(np.float32).tolist(), "truncated": truncated}
