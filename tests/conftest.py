@@ -43,12 +43,47 @@ def make_artifact(root: Path, name: str = "tiny-cnn", version: int = 1, architec
     return models.save_artifact(module.eval(), manifest, root / name / str(version))
 
 
+SENTENCES = ["a gripping , funny and moving film", "the plot is dull and the acting is worse",
+             "not bad at all", "i loved every minute of it", "a waste of time"]
+TEXT_CONFIGS = {
+    "tiny-lstm": ("rnn", {"cell": "lstm", "embed_dim": 8, "hidden": 8}, "text-classification"),
+    "tiny-gru": ("rnn", {"cell": "gru", "embed_dim": 8, "hidden": 8}, "text-classification"),
+    "tiny-transformer": ("transformer", {"dim": 16, "heads": 2, "layers": 1, "ff_dim": 32}, "text-classification"),
+    "tiny-embedder": ("transformer", {"dim": 16, "heads": 2, "layers": 1, "ff_dim": 32, "num_classes": 0,
+                                      "normalize": True, "positions": "learned", "norm_first": False,
+                                      "activation": "gelu"}, "text-embedding"),
+}
+TINY_MAX_TOKENS = 12
+
+
+def make_text_artifact(root: Path, name: str, seed: int = 0) -> Path:
+    """A random-init text model with a word tokenizer built from SENTENCES, saved as training saves one."""
+    from models.text import build_word_tokenizer
+
+    architecture, config, task = TEXT_CONFIGS[name]
+    tokenizer = build_word_tokenizer(SENTENCES)
+    torch.manual_seed(seed)
+    module = models.build(architecture, {**config, "vocab_size": tokenizer.get_vocab_size(), "max_len": 16})
+    manifest = {
+        "name": name, "version": 1, "task": task, "architecture": architecture,
+        "config": models.config_to_dict(module.config),
+        "labels": ["negative", "positive"] if task == "text-classification" else None,
+        "tokenizer": {"kind": "word-level"},
+        "preprocessing": {"input": "text", "max_tokens": TINY_MAX_TOKENS, "truncation": "right"},
+        "dataset": {"name": "random"}, "metrics": {"dev_accuracy": 0.5} if task == "text-classification" else {},
+        "trained": {"epochs": 0, "seconds": 0, "device": "cpu", "git_commit": None, "seed": seed},
+    }
+    return models.save_artifact(module.eval(), manifest, root / name / "1", tokenizer_json=tokenizer.to_str())
+
+
 @pytest.fixture
 def weights_dir(tmp_path: Path) -> Path:
     root = tmp_path / "weights"
     make_artifact(root, "tiny-cnn", 1, "cnn", seed=0)
     make_artifact(root, "tiny-cnn", 2, "cnn", seed=1)
     make_artifact(root, "tiny-resnet", 1, "resnet", seed=2)
+    for seed, name in enumerate(TEXT_CONFIGS):
+        make_text_artifact(root, name, seed)
     return root
 
 

@@ -15,10 +15,11 @@ from PIL import Image
 from service.main import create_app
 from service.settings import Settings
 from tests.conftest import REPO_ROOT, wait_ready
-from training.data import data_root, load_image_split
+from training.data import data_root, load_image_split, load_sst2
 
 WEIGHTS = REPO_ROOT / "weights"
 TARGETS = {"mnist-cnn": ("mnist", 0.993), "fashion-cnn": ("fashion-mnist", 0.930)}
+TEXT_TARGETS = {"sst2-lstm": 0.82, "sst2-gru": 0.82, "sst2-transformer": 0.80, "sst2-minilm": 0.89}
 pytestmark = pytest.mark.skipif(not (data_root() / "mnist").is_dir(), reason="shared datasets not present")
 
 
@@ -35,7 +36,8 @@ def png(image: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[TestClient]:
-    settings = Settings(weights_dir=WEIGHTS, device="cpu", models=list(TARGETS), max_inputs_per_request=256)
+    settings = Settings(weights_dir=WEIGHTS, device="cpu", models=[*TARGETS, *TEXT_TARGETS],
+                        max_inputs_per_request=256)
     with TestClient(create_app(settings)) as client:
         wait_ready(client, timeout=60)
         yield client
@@ -91,4 +93,36 @@ def test_full_test_set_accuracy_through_the_api(served: TestClient, name: str) -
 
 def test_weights_are_safetensors_only() -> None:
     files = [p for p in Path(WEIGHTS).rglob("*") if p.is_file()]
-    assert files and {p.name for p in files} <= {"model.safetensors", "manifest.json"}
+    assert files and {p.name for p in files} <= {"model.safetensors", "manifest.json", "tokenizer.json"}
+    assert sum(p.stat().st_size for p in files) < 150 * 2**20  # the whole tree stays under 150 MB
+
+
+def dev_accuracy_through_api(client: TestClient, name: str, limit: int | None = None) -> float:
+    dev = load_sst2("dev")
+    texts, labels = dev.texts[:limit], dev.labels[:limit]
+    predicted = []
+    for start in range(0, len(texts), 200):
+        response = client.post(f"/v1/models/{name}/predict", json={"inputs": texts[start:start + 200]})
+        assert response.status_code == 200, response.text
+        predicted += [item["index"] for item in response.json()["predictions"]]
+    return float((np.array(predicted) == labels).mean())
+
+
+@pytest.mark.parametrize("name", sorted(TEXT_TARGETS))
+def test_text_models_meet_their_dev_target_in_the_manifest(name: str) -> None:
+    metrics = latest_manifest(name)["metrics"]
+    assert metrics["dev_accuracy"] >= TEXT_TARGETS[name] and 0.5 < metrics["test_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("name", sorted(TEXT_TARGETS))
+def test_first_200_dev_sentences_through_the_api(served: TestClient, name: str) -> None:
+    assert dev_accuracy_through_api(served, name, limit=200) >= TEXT_TARGETS[name] - 0.07
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TEXT_TARGETS))
+def test_full_dev_set_accuracy_through_the_api(served: TestClient, name: str) -> None:
+    accuracy = dev_accuracy_through_api(served, name)
+    print(f"{name}: {accuracy:.4f} on the SST-2 dev set through the API")
+    assert accuracy >= TEXT_TARGETS[name]
+    assert accuracy == pytest.approx(latest_manifest(name)["metrics"]["dev_accuracy"], abs=0.0012)
