@@ -115,7 +115,7 @@ class TransformerEncoder(nn.Module):
 
     def encode(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         # ids: [N, T] token ids, padded with pad_id; lengths: [N] -> pooled [N, D]
-        n, t = ids.shape
+        t = ids.shape[1]
         keep = torch.arange(t, device=ids.device)[None, :] < lengths[:, None]  # [N, T]
         x = self.token_embedding(ids)
         if self.position_embedding is not None:

@@ -147,7 +147,6 @@ def train(recipe_name: str, args: Any) -> Path | None:
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "embedding" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
-    rng = np.random.default_rng(args.seed)
     lengths = [len(ids) for ids in train_ids]
     shard = np.arange(ctx.rank, len(train_ids), ctx.world_size) if ctx.enabled else None
     steps_per_epoch = len(length_bucketed_batches(lengths, batch_size, np.random.default_rng(0), shard))
