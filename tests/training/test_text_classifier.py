@@ -1,0 +1,59 @@
+"""The SST-2 recipes on small slices: artifact with tokenizer, best-dev selection, resume, torchrun/DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import models
+from training.__main__ import main
+from training.data import data_root, load_sst2
+from training.text_classifier import length_bucketed_batches
+
+pytestmark = pytest.mark.skipif(not (data_root() / "sst2").is_dir(), reason="shared datasets not present")
+REPO = Path(__file__).resolve().parents[2]
+SMALL = ["--epochs", "1", "--limit", "400", "--test-limit", "100", "--batch-size", "32", "--threads", "1"]
+
+
+@pytest.mark.parametrize("name", ["sst2-gru", "sst2-transformer"])
+def test_cli_writes_a_text_artifact(tmp_path: Path, name: str) -> None:
+    main([name, "--out", str(tmp_path), *SMALL])
+    path = tmp_path / name / "1"
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["task"] == "text-classification" and manifest["labels"] == ["negative", "positive"]
+    assert set(manifest["metrics"]) == {"dev_accuracy", "test_accuracy"}
+    assert manifest["dataset"]["dev_size"] == 100 and manifest["tokenizer"]["sha256"]
+    module, loaded = models.load(path)
+    tokenizer = models.load_tokenizer(path, loaded)
+    assert tokenizer.get_vocab_size() == module.config.vocab_size  # type: ignore[union-attr]
+
+
+def test_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["sst2-lstm", "--out", str(tmp_path / "w"), "--checkpoint-dir", str(tmp_path / "ck"),
+            "--limit", "200", "--test-limit", "50", "--batch-size", "32", "--threads", "1"]
+    main([*args, "--epochs", "1"])
+    main([*args, "--epochs", "2"])
+    assert "resumed sst2-lstm at step 7" in capsys.readouterr().out
+    assert json.loads((tmp_path / "w" / "sst2-lstm" / "2" / "manifest.json").read_text())["trained"]["steps"] == 14
+
+
+def test_batches_cover_every_example_once() -> None:
+    lengths = [len(text.split()) for text in load_sst2("dev").texts]
+    batches = length_bucketed_batches(lengths, 32, np.random.default_rng(0))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+
+
+def test_torchrun_ddp(tmp_path: Path) -> None:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "training", "sst2-lstm", "--out",
+         str(tmp_path), "--device", "cpu", *SMALL],
+        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "sst2-lstm" / "1" / "manifest.json").read_text())["trained"]["world_size"] == 2
