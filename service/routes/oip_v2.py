@@ -290,7 +290,7 @@ async def _run(request: Request, served: ServedModel, registry: Registry, tensor
     elif served.task in ("text-classification", "text-embedding"):
         results = await decode_and_infer(request, served, runtime.decode_bytes,
                                          _text_items(tensors, served, max_inputs), timeout_s)
-        vectors = np.stack([vector for vector, _ in results]).astype(np.float32)
+        vectors = np.stack([result.vector for result in results]).astype(np.float32)
         if served.task == "text-embedding":
             return {"embedding": vectors}
         probabilities = vectors

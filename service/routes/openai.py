@@ -76,10 +76,10 @@ async def embeddings(request: Request, registry: RegistryDep, settings: Settings
         raise ServeError(400, f"model {body.model} has {runtime.dimensions} dimensions; it cannot shorten them",
                          "invalid_request_error")
     results = await decode_and_infer(request, served, runtime.decode_text, texts, registry.timeout_s(served.name))
-    tokens = sum(len(runtime.tokenizer.encode(text).ids) for text in texts)
+    tokens = sum(result.tokens for result in results)
     data: list[dict[str, Any]] = []
-    for index, (vector, _truncated) in enumerate(results):
-        vector = np.asarray(vector, dtype="<f4")
+    for index, result in enumerate(results):
+        vector = np.asarray(result.vector, dtype="<f4")
         encoded = base64.b64encode(vector.tobytes()).decode() if body.encoding_format == "base64" else vector.tolist()
         data.append({"object": "embedding", "index": index, "embedding": encoded})
     return JSONResponse({"object": "list", "data": data, "model": served.name,

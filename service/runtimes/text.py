@@ -23,6 +23,13 @@ class TextItem:
     truncated: bool
 
 
+@dataclass(frozen=True)
+class TextResult:
+    vector: np.ndarray  # class probabilities [C] or an embedding [D]
+    truncated: bool
+    tokens: int
+
+
 def length_buckets(lengths: Sequence[int], growth: float = BUCKET_GROWTH) -> list[list[int]]:
     """Indices grouped so that each padded group wastes little: sort by length, cut where it grows."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
@@ -88,8 +95,9 @@ class TextRuntime:
     def postprocess(self, output: torch.Tensor) -> torch.Tensor:
         return output
 
-    def forward(self, payloads: list[TextItem]) -> Sequence[Any]:
-        return [(vector, item.truncated) for vector, item in zip(self.run_module(payloads), payloads, strict=True)]
+    def forward(self, payloads: list[TextItem]) -> Sequence[TextResult]:
+        return [TextResult(vector, item.truncated, len(item.ids))
+                for vector, item in zip(self.run_module(payloads), payloads, strict=True)]
 
     def warmup(self, max_batch_size: int) -> None:
         self.forward([TextItem([self.pad_id + 1] * 8, False)] * max_batch_size)
@@ -107,9 +115,8 @@ class TextClassifierRuntime(TextRuntime):
     def postprocess(self, output: torch.Tensor) -> torch.Tensor:
         return torch.softmax(output, dim=-1)
 
-    def encode(self, result: tuple[np.ndarray, bool], top_k: int) -> dict[str, Any]:
-        probabilities, truncated = result
-        return {**classification_item(probabilities, self.labels or [], top_k), "truncated": truncated}
+    def encode(self, result: TextResult, top_k: int) -> dict[str, Any]:
+        return {**classification_item(result.vector, self.labels or [], top_k), "truncated": result.truncated}
 
 
 class TextEmbedderRuntime(TextRuntime):
@@ -120,6 +127,5 @@ class TextEmbedderRuntime(TextRuntime):
         self.dimensions = int(manifest["config"]["dim"])
         self.outputs = [TensorSpec("embedding", "FP32", [-1, self.dimensions])]
 
-    def encode(self, result: tuple[np.ndarray, bool], top_k: int = 0) -> dict[str, Any]:
-        vector, truncated = result
-        return {"embedding": vector.astype(np.float32).tolist(), "truncated": truncated}
+    def encode(self, result: TextResult, top_k: int = 0) -> dict[str, Any]:
+        return {"embedding": result.vector.astype(np.float32).tolist(), "truncated": result.truncated}

@@ -39,9 +39,9 @@ def test_batched_equals_one_by_one(tmp_path: Path, name: str) -> None:
     texts = ["not bad", "a gripping , funny and moving film that i loved", "dull", "a waste of time", "worse"]
     items = [runtime.decode_text(text, i) for i, text in enumerate(texts)]
     together = runtime.forward(items)
-    for item, (vector, _) in zip(items, together, strict=True):
-        alone, _ = runtime.forward([item])[0]
-        assert np.allclose(vector, alone, atol=1e-5)
+    for item, result in zip(items, together, strict=True):
+        assert np.allclose(result.vector, runtime.forward([item])[0].vector, atol=1e-5)
+        assert result.tokens == len(item.ids)
 
 
 def test_truncation_is_reported(tmp_path: Path) -> None:
