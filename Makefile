@@ -35,9 +35,11 @@ test-all: test test-accuracy test-load lint
 
 lint: setup
 	$(BIN)/ruff check models training service tests bench
-	$(BIN)/mypy service models
+	$(BIN)/mypy service models bench
 
 bench: setup
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev,bench]'
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 train-%: setup

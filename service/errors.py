@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service.responses import JSONResponse
 
@@ -87,6 +88,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _respond(request, 422, _describe_validation(list(exc.errors())), "validation_error")
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client left while its body was being read: nobody is there to answer, nothing to log loudly.
+        log.debug("client disconnected during %s %s", request.method, request.url.path)
+        return _respond(request, 499, "client closed the request", "client_closed")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

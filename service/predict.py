@@ -53,9 +53,25 @@ def require_ready(served: ServedModel) -> None:
                          headers={"Retry-After": "5"})
 
 
+INLINE_DECODE_BYTES = 32 * 1024  # below this, decoding costs less than the hop to a worker thread
+
+
+def _size(raw: Any) -> int:
+    return len(raw) if isinstance(raw, bytes | str) else getattr(raw, "nbytes", INLINE_DECODE_BYTES)
+
+
 async def decode_all(decode: Callable[[Any, int], Any], raw_inputs: Sequence[Any]) -> list[Any]:
-    """Decode and validate every input in a worker thread; the first bad one fails the request (400)."""
-    return await run_in_threadpool(lambda: [decode(raw, index) for index, raw in enumerate(raw_inputs)])
+    """Decode and validate every input; the first bad one fails the request (400).
+
+    Small inputs (a 28x28 PNG, a sentence) decode in microseconds, faster than a thread hop, so they
+    decode right here; larger ones go to a worker thread so the event loop never stalls on them.
+    """
+    def run() -> list[Any]:
+        return [decode(raw, index) for index, raw in enumerate(raw_inputs)]
+
+    if sum(_size(raw) for raw in raw_inputs) < INLINE_DECODE_BYTES:
+        return run()
+    return await run_in_threadpool(run)
 
 
 async def decode_and_infer(request: Request, served: ServedModel, decode: Callable[[Any, int], Any],

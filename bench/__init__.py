@@ -1,0 +1,1 @@
+"""Load benchmark of the server against baselines on the same weights; ``python -m bench --help``."""

@@ -1,0 +1,37 @@
+"""Naive baseline: plain FastAPI, Pillow decode and one forward per request, no batching.
+
+The endpoint is sync, so FastAPI runs each request's decode and forward in its threadpool.
+``python -m bench.baselines.naive_fastapi --port 8001 --torch-threads 1``
+"""
+
+from typing import Annotated, Any
+
+import uvicorn
+from fastapi import Body, FastAPI
+
+from bench.baselines import common
+
+
+def create_app(args: Any) -> FastAPI:
+    module, labels = common.load(args.weights, args.torch_threads)
+    app = FastAPI()
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post(common.PREDICT_PATH)
+    def predict(body: Annotated[bytes, Body(media_type="image/png")]) -> dict[str, Any]:
+        probs = common.probabilities(module, common.decode_png(body)[None])[0]
+        return {"model": "mnist-cnn", "version": 1, "predictions": [common.encode(probs, labels)]}
+
+    return app
+
+
+def main() -> None:
+    args = common.parse_args(__doc__ or "")
+    uvicorn.run(create_app(args), host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

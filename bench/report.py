@@ -1,0 +1,110 @@
+"""Summaries across repeats (median, min-max), ratios ours/baseline, and the Markdown report."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bench.wrk import WrkResult
+
+OURS = "ours"
+METRICS = ("rps", "p50_ms", "p99_ms")
+
+
+@dataclass(frozen=True)
+class Cell:
+    server: str
+    concurrency: int
+    repeat: int
+    result: WrkResult
+    mean_batch: float | None = None  # ours only, from /metrics
+
+    def to_json(self) -> dict[str, Any]:
+        return {"server": self.server, "concurrency": self.concurrency, "repeat": self.repeat,
+                **asdict(self.result), "mean_batch": self.mean_batch}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarize(cells: list[Cell]) -> list[dict[str, Any]]:
+    """One row per (concurrency, server): the median and min-max of each metric across repeats."""
+    rows = []
+    for concurrency in sorted({c.concurrency for c in cells}):
+        for server in dict.fromkeys(c.server for c in cells):
+            runs = [c for c in cells if c.server == server and c.concurrency == concurrency]
+            batches = [c.mean_batch for c in runs if c.mean_batch is not None]
+            rows.append({"concurrency": concurrency, "server": server, "repeats": len(runs),
+                         **{m: spread([getattr(c.result, m) for c in runs]) for m in METRICS},
+                         "non_2xx": sum(c.result.non_2xx for c in runs),
+                         "socket_errors": sum(c.result.socket_errors for c in runs),
+                         "mean_batch": spread(batches) if batches else None})
+    return rows
+
+
+def ratios(cells: list[Cell]) -> list[dict[str, Any]]:
+    """Ours / baseline per concurrency: ratio of the medians, and min/max of the per-repeat ratios."""
+    def value(server: str, concurrency: int, repeat: int, metric: str) -> float:
+        return next(getattr(c.result, metric) for c in cells
+                    if (c.server, c.concurrency, c.repeat) == (server, concurrency, repeat))
+
+    rows = []
+    repeats = sorted({c.repeat for c in cells})
+    for concurrency in sorted({c.concurrency for c in cells}):
+        for baseline in dict.fromkeys(c.server for c in cells if c.server != OURS):
+            row: dict[str, Any] = {"concurrency": concurrency, "baseline": baseline}
+            for metric in METRICS:
+                ours = [value(OURS, concurrency, r, metric) for r in repeats]
+                base = [value(baseline, concurrency, r, metric) for r in repeats]
+                paired = [o / b for o, b in zip(ours, base, strict=True)]
+                row[metric] = {"ratio_of_medians": statistics.median(ours) / statistics.median(base),
+                               "min": min(paired), "max": max(paired)}
+            rows.append(row)
+    return rows
+
+
+def _fmt(s: dict[str, float], digits: int) -> str:
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+
+
+def _ratio(r: dict[str, float]) -> str:
+    return f"{r['ratio_of_medians']:.2f}x ({r['min']:.2f}-{r['max']:.2f})"
+
+
+def markdown(meta: dict[str, Any], summary: list[dict[str, Any]], ratio_rows: list[dict[str, Any]]) -> str:
+    s, m = meta["settings"], meta["machine"]
+    lines = [
+        f"# Benchmark {meta['started']}",
+        "",
+        f"`{meta['command']}`",
+        "",
+        f"- machine: {m['nproc']} CPUs ({m['cpu_model']}), load average at start {m['loadavg_start']}, "
+        f"at end {m['loadavg_end']}",
+        f"- torch {meta['versions']['torch']}, device cpu, {s['torch_threads']} torch thread(s) in every server; "
+        f"batching (ours, litserve): max_batch_size {s['max_batch_size']}, max delay {s['max_delay_ms']:g} ms",
+        f"- load: {meta['versions']['wrk']}, {s['wrk_threads']} thread(s), {s['duration_s']:g} s per run after a "
+        f"{s['warmup_s']:g} s warm-up per server start, {s['repeats']} repeats with the servers interleaved; "
+        f"one real MNIST test digit (PNG, {s['png_bytes']} bytes, label {s['png_label']}) POSTed as image/png",
+        "- cells: median (min-max) across repeats; latency from wrk --latency",
+        "",
+        "| concurrency | server | req/s | p50 ms | p99 ms | non-2xx | socket errors | mean batch |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in summary:
+        batch = _fmt(row["mean_batch"], 1) if row["mean_batch"] else "-"
+        lines.append(f"| {row['concurrency']} | {row['server']} | {_fmt(row['rps'], 0)} | {_fmt(row['p50_ms'], 2)} "
+                     f"| {_fmt(row['p99_ms'], 2)} | {row['non_2xx']} | {row['socket_errors']} | {batch} |")
+    lines += [
+        "",
+        "Ours / baseline: ratio of the medians (min-max of the per-repeat ratios). "
+        "req/s above 1 is better; latency below 1 is better.",
+        "",
+        "| concurrency | baseline | req/s | p50 | p99 |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for row in ratio_rows:
+        lines.append(f"| {row['concurrency']} | {row['baseline']} | {_ratio(row['rps'])} | {_ratio(row['p50_ms'])} "
+                     f"| {_ratio(row['p99_ms'])} |")
+    return "\n".join(lines) + "\n"
