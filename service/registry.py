@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 import models
+from models.device import resolve_device
 from service.batcher import BatchConfig, Batcher
 from service.errors import ServeError
 from service.metrics import Metrics
@@ -53,15 +54,6 @@ class ServedModel:
         if self.batcher is not None and self.batcher.dead_reason:
             return f"not ready: {self.batcher.dead_reason}"
         return "ready" if self.ready else "loading"
-
-
-def resolve_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"SERVE_DEVICE={requested} but no CUDA device is available")
-    return device
 
 
 def discover(weights_dir: Path, names: list[str]) -> list[tuple[str, int, Path]]:

@@ -16,16 +16,20 @@ from safetensors.torch import load_file, save_file
 from torch import distributed as dist
 from torch import nn
 
+from models.device import resolve_device
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {requested}: no CUDA device is available")
-    return device
+def start_run(args: Any) -> tuple[torch.device, DistContext, str | None]:
+    """Device (this process's GPU under torchrun), process group, seeds, and the commit of the code."""
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise SystemExit(f"--device: {exc}") from None
+    ctx = init_distributed(device)
+    seed_everything(args.seed)
+    return local_device(device, ctx), ctx, git_commit()  # the commit at the start: the code that trains
 
 
 def seed_everything(seed: int) -> None:

@@ -85,11 +85,7 @@ def evaluate(module: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, devi
 
 def train(recipe_name: str, args: Any) -> Path | None:
     recipe = RECIPES[recipe_name]
-    device = common.pick_device(args.device)
-    ctx = common.init_distributed(device)
-    device = common.local_device(device, ctx)
-    common.seed_everything(args.seed)
-    commit = common.git_commit()  # read at the start: the code that trains, not the tree at the end
+    device, ctx, commit = common.start_run(args)
     epochs = args.epochs or recipe.epochs
     batch_size = args.batch_size or recipe.batch_size
 

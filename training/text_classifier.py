@@ -122,11 +122,7 @@ def build_model(recipe: TextRecipe, train: TextSplit, weights_root: Path) -> tup
 
 def train(recipe_name: str, args: Any) -> Path | None:
     recipe = RECIPES[recipe_name]
-    device = common.pick_device(args.device)
-    ctx = common.init_distributed(device)
-    device = common.local_device(device, ctx)
-    common.seed_everything(args.seed)
-    commit = common.git_commit()
+    device, ctx, commit = common.start_run(args)
     epochs = args.epochs or recipe.epochs
     batch_size = args.batch_size or recipe.batch_size
 
