@@ -13,6 +13,7 @@ from torch import nn
 
 from models.artifact import ArtifactError, load_tensors, read_manifest, read_tokenizer_json, save_artifact
 from models.cnn import CNN, CNNConfig
+from models.forecaster import ForecasterConfig, LSTMForecaster
 from models.resnet import ResNet, ResNetConfig
 from models.rnn import RNNClassifier, RNNConfig
 from models.transformer import TransformerConfig, TransformerEncoder
@@ -28,6 +29,7 @@ class Architecture:
 
 ARCHITECTURES: dict[str, Architecture] = {
     "cnn": Architecture(CNNConfig, CNN),
+    "lstm-forecaster": Architecture(ForecasterConfig, LSTMForecaster),
     "resnet": Architecture(ResNetConfig, ResNet),
     "rnn": Architecture(RNNConfig, RNNClassifier),
     "transformer": Architecture(TransformerConfig, TransformerEncoder),

@@ -10,11 +10,12 @@ import os
 
 import torch
 
-from training import image_classifier, import_minilm, text_classifier
+from training import forecaster, image_classifier, import_minilm, text_classifier
 
 RECIPES = {name: image_classifier.train for name in image_classifier.RECIPES}
 RECIPES |= {name: text_classifier.train for name in text_classifier.RECIPES}
 RECIPES["import-minilm"] = lambda _name, args: import_minilm.run(args)
+RECIPES[forecaster.NAME] = forecaster.train
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -92,3 +92,24 @@ def load_sst2(split: str) -> TextSplit:
         texts.append(sentence)
         labels.append(int(label))
     return TextSplit(texts, np.array(labels, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class Series:
+    times: list[str]
+    values: np.ndarray  # float64 [N]
+
+
+def load_series(name: str = "monthly-sunspots") -> Series:
+    """A two-column CSV under ``timeseries/`` (a header, then time,value rows)."""
+    path = data_root() / "timeseries" / f"{name}.csv"
+    rows = _open(path).decode("utf-8").splitlines()[1:]
+    times, values = [], []
+    for number, row in enumerate(rows, start=2):
+        time_text, _, value = row.partition(",")
+        try:
+            values.append(float(value))
+        except ValueError:
+            raise ValueError(f"{path}:{number}: {value!r} is not a number") from None
+        times.append(time_text.strip('"'))
+    return Series(times, np.array(values))
