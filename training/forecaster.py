@@ -74,7 +74,7 @@ def train(_name: str, args: Any) -> Path | None:
     rng = np.random.default_rng(args.seed)
     best_mae, best_state, started = float("inf"), None, time.time()
     std = config["std"]
-    for epoch in tqdm(range(epochs), desc=NAME):
+    for _ in tqdm(range(epochs), desc=NAME):
         module.train()
         for batch in np.array_split(rng.permutation(len(history)), max(1, len(history) // 64)):
             # Variable history lengths teach the model to forecast from short series too.
