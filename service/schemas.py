@@ -22,6 +22,11 @@ class TextParameters(BaseModel):
     top_k: int = Field(default=3, ge=1, le=1000, description="how many classes to list (classifiers)")
 
 
+class ForecastParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    horizon: int | None = Field(default=None, ge=1, description="values to forecast; default: the model's step")
+
+
 class PredictRequest(BaseModel):
     inputs: list[Any] = Field(min_length=1, description='one item per input: images as {"b64": ...}, texts as strings')
     parameters: dict[str, Any] = Field(default_factory=dict)
@@ -54,7 +59,11 @@ class Embedding(BaseModel):
     truncated: bool
 
 
-Prediction = Classification | TextClassification | Embedding
+class Forecast(BaseModel):
+    forecast: list[float]
+
+
+Prediction = Classification | TextClassification | Embedding | Forecast
 
 
 class PredictResponse(BaseModel):

@@ -76,6 +76,20 @@ def make_text_artifact(root: Path, name: str, seed: int = 0) -> Path:
     return models.save_artifact(module.eval(), manifest, root / name / "1", tokenizer_json=tokenizer.to_str())
 
 
+def make_forecaster_artifact(root: Path, name: str = "tiny-forecaster", seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    module = models.build("lstm-forecaster", {"hidden": 8, "layers": 1, "horizon": 4, "window": 16,
+                                              "min_history": 6, "mean": 50.0, "std": 20.0})
+    manifest = {
+        "name": name, "version": 1, "task": "forecasting", "architecture": "lstm-forecaster",
+        "config": models.config_to_dict(module.config), "labels": None,
+        "preprocessing": {"input": "series", "max_horizon": 10}, "dataset": {"name": "random", "holdout_start": 0},
+        "metrics": {"mae": 1.0, "naive_mae": 2.0},
+        "trained": {"epochs": 0, "seconds": 0, "device": "cpu", "git_commit": None, "seed": seed},
+    }
+    return models.save_artifact(module.eval(), manifest, root / name / "1")
+
+
 @pytest.fixture
 def weights_dir(tmp_path: Path) -> Path:
     root = tmp_path / "weights"
@@ -84,6 +98,7 @@ def weights_dir(tmp_path: Path) -> Path:
     make_artifact(root, "tiny-resnet", 1, "resnet", seed=2)
     for seed, name in enumerate(TEXT_CONFIGS):
         make_text_artifact(root, name, seed)
+    make_forecaster_artifact(root)
     return root
 
 

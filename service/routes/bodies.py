@@ -79,35 +79,34 @@ async def read_image_request(request: Request, max_inputs: int, max_part_bytes: 
         check_count(len(files), max_inputs)
         return files, params
     if kind in JSON_TYPES or kind.endswith("+json"):
-        from service.schemas import KServeV1Request, PredictRequest
-
-        schema = PredictRequest if instances_key == "inputs" else KServeV1Request
-        parsed = await read_json(request, schema)
-        items = getattr(parsed, instances_key)
-        check_count(len(items), max_inputs)
-        return [b64_image(item, index) for index, item in enumerate(items)], {**query, **parsed.parameters}
+        items, params = await read_json_inputs(request, max_inputs, instances_key)
+        return [b64_image(item, index) for index, item in enumerate(items)], params
     raise ServeError(415, f"unsupported media type {kind or '(none)'!r}: send an image (image/png, image/jpeg, "
                      "image/webp, image/bmp), multipart/form-data with file fields, or application/json")
+
+
+async def read_json_inputs(request: Request, max_inputs: int,
+                           instances_key: str = "inputs") -> tuple[list[Any], dict[str, Any]]:
+    """(inputs, parameters) from JSON ``{"inputs": [...], "parameters": {...}}`` (or KServe's ``instances``)."""
+    kind = media_type(request)
+    if not (kind in JSON_TYPES or kind.endswith("+json")):
+        raise ServeError(415, f"unsupported media type {kind or '(none)'!r}: send application/json "
+                         f'{{"{instances_key}": [...], "parameters": {{...}}}}')
+    from service.schemas import KServeV1Request, PredictRequest
+
+    parsed = await read_json(request, PredictRequest if instances_key == "inputs" else KServeV1Request)
+    items = getattr(parsed, instances_key)
+    check_count(len(items), max_inputs)
+    return items, {**dict(request.query_params), **parsed.parameters}
 
 
 async def read_text_request(request: Request, max_inputs: int,
                             instances_key: str = "inputs") -> tuple[list[Any], dict[str, Any]]:
     """(texts, parameters) from JSON ``{"inputs": [...]}`` (or ``instances``) or a text/plain body."""
-    kind = media_type(request)
-    query = dict(request.query_params)
-    if kind == "text/plain":
+    if media_type(request) == "text/plain":
         body = await request.body()
         try:
-            return [body.decode("utf-8")], query
+            return [body.decode("utf-8")], dict(request.query_params)
         except UnicodeDecodeError:
             raise InputError(0, "text is not valid UTF-8") from None
-    if kind in JSON_TYPES or kind.endswith("+json"):
-        from service.schemas import KServeV1Request, PredictRequest
-
-        schema = PredictRequest if instances_key == "inputs" else KServeV1Request
-        parsed = await read_json(request, schema)
-        items = getattr(parsed, instances_key)
-        check_count(len(items), max_inputs)
-        return items, {**query, **parsed.parameters}
-    raise ServeError(415, f"unsupported media type {kind or '(none)'!r}: send application/json "
-                     '{"inputs": ["text", ...]} or text/plain')
+    return await read_json_inputs(request, max_inputs, instances_key)

@@ -11,9 +11,9 @@ from service.errors import ServeError
 from service.predict import decode_and_infer
 from service.registry import Registry, ServedModel
 from service.responses import JSONResponse
-from service.routes.bodies import read_image_request, read_text_request
+from service.routes.bodies import read_image_request, read_json_inputs, read_text_request
 from service.routes.deps import RegistryDep, SettingsDep
-from service.schemas import ERROR_RESPONSES, ImageParameters, PredictResponse, TextParameters
+from service.schemas import ERROR_RESPONSES, ForecastParameters, ImageParameters, PredictResponse, TextParameters
 from service.settings import Settings
 
 router = APIRouter(tags=["native"])
@@ -52,8 +52,7 @@ def model_detail(served: ServedModel, registry: Registry) -> dict[str, Any]:
         "architecture": manifest.get("architecture"), "labels": manifest.get("labels"),
         "inputs": [spec.as_dict() for spec in runtime.inputs] if runtime else [],
         "outputs": [spec.as_dict() for spec in runtime.outputs] if runtime else [],
-        "parameters": (ImageParameters if served.task == "image-classification" else TextParameters
-                       ).model_json_schema()["properties"],
+        "parameters": PARAMETERS.get(served.task, TextParameters).model_json_schema()["properties"],
         "max_tokens": getattr(runtime, "max_tokens", None),
         "device": served.device or None, "dtype": served.dtype or None,
         "batching": {"max_batch_size": config.max_batch_size, "max_delay_ms": config.max_delay_s * 1000,
@@ -89,6 +88,7 @@ def parse_parameters(schema: type[P], params: dict[str, Any]) -> P:
 
 
 TEXT_TASKS = ("text-classification", "text-embedding")
+PARAMETERS: dict[str, type[BaseModel]] = {"image-classification": ImageParameters, "forecasting": ForecastParameters}
 
 
 async def predict_items(request: Request, served: ServedModel, registry: Registry, settings: Settings,
@@ -110,6 +110,12 @@ async def predict_items(request: Request, served: ServedModel, registry: Registr
         text_params = parse_parameters(TextParameters, params)
         results = await decode_and_infer(request, served, runtime.decode_text, texts, timeout_s)
         return [runtime.encode(result, text_params.top_k) for result in results]
+    if served.task == "forecasting":
+        series, params = await read_json_inputs(request, settings.max_inputs_per_request, instances_key)
+        horizon = runtime.check_horizon(parse_parameters(ForecastParameters, params).horizon or runtime.step_horizon)
+        results = await decode_and_infer(request, served, lambda raw, index: runtime.decode_series(raw, index, horizon),
+                                         series, timeout_s)
+        return [runtime.encode(result) for result in results]
     raise ServeError(400, f"model {served.name} ({served.task}) has no predict route", "wrong_task")
 
 

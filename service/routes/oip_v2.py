@@ -279,10 +279,29 @@ def _text_items(tensors: dict[str, np.ndarray], served: ServedModel, max_inputs:
     return items
 
 
-async def _run(request: Request, served: ServedModel, registry: Registry, tensors: dict[str, np.ndarray],
-               max_inputs: int) -> dict[str, np.ndarray]:
+def _series_items(tensors: dict[str, np.ndarray], served: ServedModel, max_inputs: int) -> list[Any]:
+    series = tensors.get("series")
+    if set(tensors) != {"series"} or series is None or series.ndim != 2 or series.dtype.kind not in "fiu":
+        raise ServeError(400, f"model {served.name} takes one numeric input 'series' of shape [-1, -1]; "
+                         f"got {sorted(tensors)}", "invalid_input")
+    if not 0 < len(series) <= max_inputs:
+        raise ServeError(413 if len(series) else 422, f"{len(series)} series in one request; "
+                         f"1 to {max_inputs} are accepted", "too_many_inputs" if len(series) else "validation_error")
+    return [row.astype(np.float64).tolist() for row in series]
+
+
+async def _run(request: Request, served: ServedModel, registry: Registry, parsed: InferRequest,
+               tensors: dict[str, np.ndarray], max_inputs: int) -> dict[str, np.ndarray]:
     """Decode the input tensor into items, batch them, and gather the outputs as tensors by name."""
     runtime, timeout_s = served.runtime, registry.timeout_s(served.name)
+    if served.task == "forecasting":
+        horizon = parsed.parameters.get("horizon", runtime.step_horizon)
+        if not isinstance(horizon, int) or isinstance(horizon, bool):
+            raise ServeError(400, "parameters.horizon must be an integer", "invalid_input")
+        runtime.check_horizon(horizon)
+        forecasts = await decode_and_infer(request, served, lambda raw, i: runtime.decode_series(raw, i, horizon),
+                                           _series_items(tensors, served, max_inputs), timeout_s)
+        return {"forecast": np.stack(forecasts).astype(np.float32)}
     if served.task == "image-classification":
         results = await decode_and_infer(request, served, runtime.decode_pixels,
                                          list(_pixels_items(tensors, served, max_inputs)), timeout_s)
@@ -306,7 +325,7 @@ async def _infer(request: Request, served: ServedModel, registry: Registry, max_
                          headers={"Retry-After": "5"})
     parsed, tensors = await parse_infer_request(request)
     outputs = _requested_outputs(parsed, served)
-    values = await _run(request, served, registry, tensors, max_inputs)
+    values = await _run(request, served, registry, parsed, tensors, max_inputs)
     header_outputs, chunks = [], []
     for name, datatype, binary in outputs:
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(values[name].shape)}

@@ -42,7 +42,8 @@ def test_health_and_listing(client: TestClient) -> None:
     listing = client.get("/v1/models").json()
     assert listing["object"] == "list"
     by_id = {entry["id"]: entry for entry in listing["data"]}
-    assert set(by_id) == {"tiny-cnn", "tiny-resnet", "tiny-lstm", "tiny-gru", "tiny-transformer", "tiny-embedder"}
+    assert set(by_id) == {"tiny-cnn", "tiny-resnet", "tiny-lstm", "tiny-gru", "tiny-transformer", "tiny-embedder",
+                          "tiny-forecaster"}
     assert by_id["tiny-cnn"]["versions"] == [1, 2] and by_id["tiny-cnn"]["version"] == 2
     assert all(entry["object"] == "model" and entry["ready"] for entry in by_id.values())
 

@@ -1,0 +1,79 @@
+"""Runtime for forecasters: a history (any length from the model's minimum; its last window is used)
+-> the next ``horizon`` values. Horizons beyond one forward are rolled out by feeding forecasts back."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from service.errors import InputError
+from service.runtimes.base import DecodeLimits, TensorSpec
+
+
+@dataclass(frozen=True)
+class SeriesItem:
+    history: np.ndarray  # float32 [T], at most the model's window
+    horizon: int
+
+
+class ForecasterRuntime:
+    task = "forecasting"
+
+    def __init__(self, module: nn.Module, manifest: dict[str, Any], device: torch.device, dtype: torch.dtype,
+                 limits: DecodeLimits, tokenizer: Any = None) -> None:
+        # Recurrences over raw values are kept in float32 whatever SERVE_DTYPE says.
+        self.module = module.to(device=device, dtype=torch.float32)
+        self.device = device
+        config = manifest["config"]
+        self.step_horizon = int(config["horizon"])
+        self.window = int(config["window"])
+        self.min_history = int(config["min_history"])
+        self.max_horizon = int(manifest.get("preprocessing", {}).get("max_horizon", self.step_horizon))
+        self.labels = None
+        self.inputs = [TensorSpec("series", "FP32", [-1, -1])]
+        self.outputs = [TensorSpec("forecast", "FP32", [-1, -1])]
+
+    def check_horizon(self, horizon: int) -> int:
+        if not 1 <= horizon <= self.max_horizon:
+            raise InputError(None, f"horizon must be between 1 and {self.max_horizon}, got {horizon}")
+        return horizon
+
+    def decode_series(self, raw: Any, index: int, horizon: int) -> SeriesItem:
+        if not isinstance(raw, list | tuple | np.ndarray) or any(
+                isinstance(v, bool) or not isinstance(v, int | float | np.floating | np.integer) for v in raw):
+            raise InputError(index, "a series is a list of numbers")
+        values = np.asarray(raw, dtype=np.float64)
+        if values.ndim != 1 or len(values) < self.min_history:
+            raise InputError(index, f"a series needs at least {self.min_history} values, got {len(values)}")
+        if not np.isfinite(values).all() or np.abs(values).max() > 1e12:
+            raise InputError(index, "series values must be finite numbers")
+        return SeriesItem(values[-self.window:].astype(np.float32), self.check_horizon(horizon))
+
+    @torch.inference_mode()
+    def forward(self, payloads: list[SeriesItem]) -> Sequence[np.ndarray]:
+        histories = [item.history for item in payloads]
+        produced: list[list[np.ndarray]] = [[] for _ in payloads]
+        rounds = math.ceil(max(item.horizon for item in payloads) / self.step_horizon)
+        for _ in range(rounds):
+            lengths = torch.tensor([len(h) for h in histories])
+            batch = torch.zeros(len(histories), int(lengths.max()))
+            for row, history in enumerate(histories):
+                batch[row, : len(history)] = torch.from_numpy(history)
+            step = self.module(batch.to(self.device), lengths.to(self.device)).float().cpu().numpy()
+            for row, values in enumerate(step):
+                produced[row].append(values)
+                histories[row] = np.concatenate([histories[row], values])[-self.window:]
+        return [np.concatenate(parts)[: item.horizon] for parts, item in zip(produced, payloads, strict=True)]
+
+    def warmup(self, max_batch_size: int) -> None:
+        item = SeriesItem(np.zeros(self.window, dtype=np.float32), self.step_horizon)
+        self.forward([item] * max_batch_size)
+
+    def encode(self, forecast: np.ndarray, top_k: int = 0) -> dict[str, Any]:
+        return {"forecast": [float(v) for v in forecast]}
