@@ -1,5 +1,6 @@
-# PyTorch model server (python -m service). Two stages: `builder` makes /opt/venv with the runtime
-# dependencies; the final stage copies it and the app onto a fresh base and runs as a non-root user.
+# PyTorch model server (python -m service). `requirements` lists the runtime dependencies of
+# pyproject.toml, `builder` makes /opt/venv with them (torch build per TORCH_VARIANT), and
+# `runtime` copies the venv and the app onto a fresh base and runs as a non-root user.
 #
 #   CPU (default):  docker build -t serve:cpu .
 #   CUDA:           docker build --build-arg TORCH_VARIANT=cuda -t serve:cuda .
@@ -7,8 +8,7 @@
 #
 # Build args:
 #   BASE_IMAGE            any Debian-like image with python3 (3.11+) and its venv module
-#   TORCH_VARIANT         cpu | cuda
-#   TORCH_VERSION         must match the pin in pyproject.toml
+#   TORCH_VARIANT         cpu | cuda (the torch version is the pin in pyproject.toml)
 #   TORCH_INDEX_URL       cpu variant: extra index for the CPU wheel; empty = none (offline, see docker/wheels/)
 #   TORCH_CUDA_INDEX_URL  cuda variant: empty = PyPI (the CUDA build on Linux x86_64), or a cu index,
 #                         e.g. https://download.pytorch.org/whl/cu128
@@ -19,10 +19,18 @@
 ARG BASE_IMAGE=python:3.11-slim
 
 # ---------------------------------------------------------------------------------------------------
+# The runtime dependencies ([project].dependencies, not the dev extras) as a requirements file: the
+# builder copies only this file, so editing other parts of pyproject.toml keeps its cached layers.
+FROM ${BASE_IMAGE} AS requirements
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python3 -c 'import tomllib; f = open("/tmp/pyproject.toml", "rb"); \
+print("\n".join(tomllib.load(f)["project"]["dependencies"]))' > /tmp/requirements.txt \
+ && cat /tmp/requirements.txt
+
+# ---------------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS builder
 
 ARG TORCH_VARIANT=cpu
-ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_CUDA_INDEX_URL=
 
@@ -34,9 +42,10 @@ ENV PIP_NO_CACHE_DIR=1 \
 # Only what the dependency install reads, so editing the app does not re-run it.
 # (host-ca.cr[t] is a glob: the file may be absent.)
 COPY docker/wheels/ /tmp/wheels/
-COPY docker/install-deps.sh docker/host-ca.cr[t] pyproject.toml /tmp/build/
+COPY docker/install-deps.sh docker/host-ca.cr[t] /tmp/build/
+COPY --from=requirements /tmp/requirements.txt /tmp/build/requirements.txt
 # torch/include: C++ headers, only for building extensions / torch.compile, which serving does not use.
-RUN TORCH_VARIANT="$TORCH_VARIANT" TORCH_VERSION="$TORCH_VERSION" \
+RUN TORCH_VARIANT="$TORCH_VARIANT" \
     TORCH_INDEX_URL="$TORCH_INDEX_URL" TORCH_CUDA_INDEX_URL="$TORCH_CUDA_INDEX_URL" \
     sh /tmp/build/install-deps.sh \
  && rm -rf /opt/venv/lib/python3*/site-packages/torch/include
@@ -49,8 +58,8 @@ LABEL org.opencontainers.image.title="serve" \
       org.opencontainers.image.description="FastAPI server for PyTorch models with dynamic batching" \
       serve.torch-variant="${TORCH_VARIANT}"
 
-RUN groupadd --system --gid 10001 serve \
- && useradd --system --uid 10001 --gid serve --create-home --home-dir /home/serve \
+RUN groupadd --gid 10001 serve \
+ && useradd --uid 10001 --gid serve --create-home --home-dir /home/serve \
         --shell /usr/sbin/nologin serve
 
 COPY --from=builder /opt/venv /opt/venv

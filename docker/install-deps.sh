@@ -1,10 +1,10 @@
 #!/bin/sh
 # Builder-stage helper (see Dockerfile): create /opt/venv and install the project's *runtime*
-# dependencies from pyproject.toml ([project].dependencies, never the dev extras), with the torch
-# build picked by TORCH_VARIANT.
+# dependencies (REQUIREMENTS: [project].dependencies of pyproject.toml, never the dev extras), with
+# the torch build picked by TORCH_VARIANT; the torch version is the one pinned there.
 #
 #   TORCH_VARIANT         cpu (default) | cuda
-#   TORCH_VERSION         2.13.0
+#   REQUIREMENTS          /tmp/build/requirements.txt
 #   TORCH_INDEX_URL       cpu: extra index for the CPU wheel (default https://download.pytorch.org/whl/cpu;
 #                         empty = none, e.g. offline with a wheel in docker/wheels/)
 #   TORCH_CUDA_INDEX_URL  cuda: extra index such as https://download.pytorch.org/whl/cu128
@@ -14,7 +14,7 @@
 set -eu
 
 : "${TORCH_VARIANT:=cpu}"
-: "${TORCH_VERSION:=2.13.0}"
+: "${REQUIREMENTS:=/tmp/build/requirements.txt}"
 : "${WHEELS_DIR:=/tmp/wheels}"
 : "${CA_FILE:=/tmp/build/host-ca.crt}"
 TORCH_INDEX_URL="${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}"
@@ -39,8 +39,10 @@ if ls "$WHEELS_DIR"/*.whl >/dev/null 2>&1; then
             *) ln -s "$whl" /tmp/links/ ;;
         esac
     done
-    LINKS="--find-links /tmp/links"
-    echo "install-deps: local wheels: $(ls /tmp/links | tr '\n' ' ')"
+    if [ -n "$(ls /tmp/links)" ]; then
+        LINKS="--find-links /tmp/links"
+        echo "install-deps: local wheels: $(ls /tmp/links | tr '\n' ' ')"
+    fi
 fi
 
 case "$TORCH_VARIANT" in
@@ -51,19 +53,15 @@ esac
 EXTRA=""
 [ -n "$INDEX" ] && EXTRA="--extra-index-url $INDEX"
 
+echo "install-deps: runtime requirements:"; sed 's/^/    /' "$REQUIREMENTS"
+TORCH_SPEC=$(grep -E '^torch([^a-zA-Z0-9_.-]|$)' "$REQUIREMENTS" | head -n 1)
+[ -n "$TORCH_SPEC" ] || { echo "install-deps: no torch requirement in $REQUIREMENTS" >&2; exit 2; }
+
 # torch first, on its own, so the variant decides the build; everything else then sees it installed.
 # shellcheck disable=SC2086
-$PIP install $LINKS $EXTRA "torch==$TORCH_VERSION"
-
-# The runtime dependencies, read from pyproject.toml (tomllib: Python 3.11+).
-/opt/venv/bin/python - <<'PY' > /tmp/requirements.txt
-import tomllib
-with open("/tmp/build/pyproject.toml", "rb") as f:
-    print("\n".join(tomllib.load(f)["project"]["dependencies"]))
-PY
-echo "install-deps: runtime requirements:"; sed 's/^/    /' /tmp/requirements.txt
+$PIP install $LINKS $EXTRA "$TORCH_SPEC"
 # shellcheck disable=SC2086
-$PIP install $LINKS -r /tmp/requirements.txt
+$PIP install $LINKS -r "$REQUIREMENTS"
 
 # Fail the build if the wrong torch build slipped in.
 /opt/venv/bin/python - "$TORCH_VARIANT" <<'PY'
