@@ -15,11 +15,12 @@ from PIL import Image
 from service.main import create_app
 from service.settings import Settings
 from tests.conftest import REPO_ROOT, wait_ready
-from training.data import data_root, load_image_split, load_sst2
+from training.data import data_root, load_image_split, load_series, load_sst2
 
 WEIGHTS = REPO_ROOT / "weights"
 TARGETS = {"mnist-cnn": ("mnist", 0.993), "fashion-cnn": ("fashion-mnist", 0.930)}
 TEXT_TARGETS = {"sst2-lstm": 0.82, "sst2-gru": 0.82, "sst2-transformer": 0.80, "sst2-minilm": 0.89}
+FORECASTER = "sunspots-lstm"
 pytestmark = pytest.mark.skipif(not (data_root() / "mnist").is_dir(), reason="shared datasets not present")
 
 
@@ -36,7 +37,7 @@ def png(image: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[TestClient]:
-    settings = Settings(weights_dir=WEIGHTS, device="cpu", models=[*TARGETS, *TEXT_TARGETS],
+    settings = Settings(weights_dir=WEIGHTS, device="cpu", models=[*TARGETS, *TEXT_TARGETS, FORECASTER],
                         max_inputs_per_request=256)
     with TestClient(create_app(settings)) as client:
         wait_ready(client, timeout=60)
@@ -126,3 +127,25 @@ def test_full_dev_set_accuracy_through_the_api(served: TestClient, name: str) ->
     print(f"{name}: {accuracy:.4f} on the SST-2 dev set through the API")
     assert accuracy >= TEXT_TARGETS[name]
     assert accuracy == pytest.approx(latest_manifest(name)["metrics"]["dev_accuracy"], abs=0.0012)
+
+
+def test_forecaster_beats_the_naive_forecast_on_held_out_data_through_the_api(served: TestClient) -> None:
+    """Rolling 12-month forecasts from every held-out month, each from the whole history before it."""
+    manifest = latest_manifest(FORECASTER)
+    values = load_series("monthly-sunspots").values
+    start = manifest["dataset"]["holdout_start"]
+    origins = list(range(start, len(values) - 12 + 1))
+    predicted = []
+    for chunk in range(0, len(origins), 64):
+        inputs = [values[:origin].tolist() for origin in origins[chunk:chunk + 64]]
+        response = served.post(f"/v1/models/{FORECASTER}/predict", json={"inputs": inputs,
+                                                                          "parameters": {"horizon": 12}})
+        assert response.status_code == 200, response.text
+        predicted += [item["forecast"] for item in response.json()["predictions"]]
+    actual = np.stack([values[o:o + 12] for o in origins])
+    naive = np.repeat(values[[o - 1 for o in origins]][:, None], 12, axis=1)
+    mae, naive_mae = np.abs(np.array(predicted) - actual).mean(), np.abs(naive - actual).mean()
+    print(f"{FORECASTER}: held-out MAE {mae:.3f} through the API, naive {naive_mae:.3f}")
+    assert mae <= 0.9 * naive_mae
+    assert mae == pytest.approx(manifest["metrics"]["mae"], abs=0.01)
+    assert naive_mae == pytest.approx(manifest["metrics"]["naive_mae"], abs=0.01)
