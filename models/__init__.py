@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 from models.artifact import ArtifactError, load_tensors, read_manifest, read_tokenizer_json, save_artifact
+from models.char_lstm import CharLSTM, CharLSTMConfig
 from models.cnn import CNN, CNNConfig
 from models.forecaster import ForecasterConfig, LSTMForecaster
+from models.gpt import GPT, GPTConfig
 from models.resnet import ResNet, ResNetConfig
 from models.rnn import RNNClassifier, RNNConfig
 from models.transformer import TransformerConfig, TransformerEncoder
@@ -28,7 +30,9 @@ class Architecture:
 
 
 ARCHITECTURES: dict[str, Architecture] = {
+    "char-lstm": Architecture(CharLSTMConfig, CharLSTM),
     "cnn": Architecture(CNNConfig, CNN),
+    "gpt": Architecture(GPTConfig, GPT),
     "lstm-forecaster": Architecture(ForecasterConfig, LSTMForecaster),
     "resnet": Architecture(ResNetConfig, ResNet),
     "rnn": Architecture(RNNConfig, RNNClassifier),
@@ -75,6 +79,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Modul
     tensors = {key: value.to(reference[key].dtype) if key in reference and value.is_floating_point() else value
                for key, value in tensors.items()}
     missing, unexpected = module.load_state_dict(tensors, strict=False)
+    missing = [key for key in missing if key not in tied_names(module)]
     if missing or unexpected:
         raise ArtifactError(f"{directory}: weights do not fit the architecture "
                             f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
@@ -91,3 +96,15 @@ def load_tokenizer(path: str | Path, manifest: dict[str, Any]) -> Any:
     from tokenizers import Tokenizer
 
     return plain(Tokenizer.from_str(text))
+
+
+def tied_names(module: nn.Module) -> set[str]:
+    """State-dict names that share their tensor with an earlier name (saved once, tied by the module)."""
+    first: dict[int, str] = {}
+    tied = set()
+    for key, value in module.state_dict().items():
+        if value.data_ptr() in first:
+            tied.add(key)
+        else:
+            first[value.data_ptr()] = key
+    return tied

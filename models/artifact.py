@@ -44,7 +44,13 @@ def save_artifact(module: torch.nn.Module, manifest: dict[str, Any], directory: 
         manifest = {**manifest, "tokenizer": {**manifest.get("tokenizer", {}), "file": TOKENIZER_FILE,
                                               "sha256": sha256_of(tokenizer_path)}}
     weights_path = directory / WEIGHTS_FILE
-    state = {key: value.detach().contiguous().cpu() for key, value in module.state_dict().items()}
+    state: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, value in module.state_dict().items():
+        if value.data_ptr() in seen:  # a tied weight (e.g. GPT's output layer): stored once, re-tied by the module
+            continue
+        seen.add(value.data_ptr())
+        state[key] = value.detach().contiguous().cpu()
     if dtype is not None:
         state = {key: value.to(dtype) if value.is_floating_point() else value for key, value in state.items()}
     save_file(state, str(weights_path))

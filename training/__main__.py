@@ -10,12 +10,13 @@ import os
 
 import torch
 
-from training import forecaster, image_classifier, import_minilm, text_classifier
+from training import forecaster, image_classifier, import_minilm, language_model, text_classifier
 
 RECIPES = {name: image_classifier.train for name in image_classifier.RECIPES}
 RECIPES |= {name: text_classifier.train for name in text_classifier.RECIPES}
 RECIPES["import-minilm"] = lambda _name, args: import_minilm.run(args)
 RECIPES[forecaster.NAME] = forecaster.train
+RECIPES |= {name: language_model.train for name in language_model.RECIPES}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--limit", type=int, default=None, help="train on the first N examples only")
     parser.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N only")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="wall-clock budget (language models; the best checkpoint so far is kept)")
     parser.add_argument("--checkpoint-dir", default=None,
                         help="save per-epoch checkpoints here and resume from them")
     return parser.parse_args(argv)

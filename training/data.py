@@ -113,3 +113,8 @@ def load_series(name: str = "monthly-sunspots") -> Series:
             raise ValueError(f"{path}:{number}: {value!r} is not a number") from None
         times.append(time_text.strip('"'))
     return Series(times, np.array(values))
+
+
+def load_shakespeare() -> str:
+    """tiny shakespeare, the character-level language-modelling corpus."""
+    return _open(data_root() / "tinyshakespeare" / "input.txt").decode("utf-8")
