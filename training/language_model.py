@@ -42,10 +42,10 @@ class LMRecipe:
 RECIPES = {
     "shakespeare-gpt": LMRecipe("shakespeare-gpt", "gpt", {"block_size": 128, "dim": 192, "heads": 6, "layers": 4,
                                                            "dropout": 0.1},
-                                steps=6000, context=128, batch_size=32, lr=1.5e-3, eval_every=250, minutes=40),
-    "shakespeare-lstm": LMRecipe("shakespeare-lstm", "char-lstm", {"embed_dim": 64, "hidden": 512, "layers": 2,
+                                steps=2500, context=128, batch_size=32, lr=1.5e-3, eval_every=250, minutes=45),
+    "shakespeare-lstm": LMRecipe("shakespeare-lstm", "char-lstm", {"embed_dim": 64, "hidden": 384, "layers": 2,
                                                                    "dropout": 0.2},
-                                 steps=6000, context=128, batch_size=32, lr=2e-3, eval_every=250, minutes=40),
+                                 steps=2400, context=128, batch_size=32, lr=3e-3, eval_every=200, minutes=45),
 }
 
 
