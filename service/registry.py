@@ -15,6 +15,7 @@ import torch
 import models
 from models.device import resolve_device
 from service.batcher import BatchConfig, Batcher
+from service.decoder import DecodeLoop
 from service.errors import ServeError
 from service.metrics import Metrics
 from service.runtimes import RUNTIMES, DecodeLimits, resolve_dtype
@@ -32,7 +33,8 @@ class ServedModel:
     path: Path
     manifest: dict[str, Any]
     runtime: Any = None
-    batcher: Batcher | None = None
+    batcher: Batcher | None = None  # request/response models
+    decoder: DecodeLoop | None = None  # language models: continuous batching of decoding steps
     device: str = ""
     dtype: str = ""
     warmed: bool = False
@@ -44,15 +46,19 @@ class ServedModel:
         return str(self.manifest.get("task", ""))
 
     @property
+    def worker(self) -> Batcher | DecodeLoop | None:
+        return self.decoder if self.decoder is not None else self.batcher
+
+    @property
     def ready(self) -> bool:
-        return self.warmed and self.batcher is not None and self.batcher.alive
+        return self.warmed and self.worker is not None and self.worker.alive
 
     @property
     def status(self) -> str:
         if self.error:
             return f"failed: {self.error}"
-        if self.batcher is not None and self.batcher.dead_reason:
-            return f"not ready: {self.batcher.dead_reason}"
+        if self.worker is not None and self.worker.dead_reason:
+            return f"not ready: {self.worker.dead_reason}"
         return "ready" if self.ready else "loading"
 
 
@@ -150,10 +156,15 @@ class Registry:
                 served.error = str(exc)
                 log.error("model %s v%d failed to load: %s", served.name, served.version, exc)
                 continue
-            served.batcher = Batcher(f"{served.name}/{served.version}", served.runtime.forward,
-                                     self.batch_config(served.name), self.executor,
-                                     self.metrics.observer(served.name, served.version))
-            served.batcher.start()
+            config, observer = self.batch_config(served.name), self.metrics.observer(served.name, served.version)
+            label = f"{served.name}/{served.version}"
+            if served.task == "text-generation":
+                served.decoder = DecodeLoop(label, served.runtime, self.executor, config.max_batch_size,
+                                            config.max_queue, observer)
+                served.decoder.start()
+            else:
+                served.batcher = Batcher(label, served.runtime.forward, config, self.executor, observer)
+                served.batcher.start()
             served.warmed = True
             served.loaded_at = time.time()
             self.metrics.loaded.labels(served.name, str(served.version)).set(1)
@@ -163,7 +174,7 @@ class Registry:
 
     async def close(self) -> None:
         for served in self.all():
-            if served.batcher is not None:
-                await served.batcher.stop()
+            if served.worker is not None:
+                await served.worker.stop()
             self.metrics.loaded.labels(served.name, str(served.version)).set(0)
         self.executor.shutdown(wait=True, cancel_futures=True)

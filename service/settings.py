@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     timeout_ms: float = Field(default=10_000, gt=0, description="per request, counted from arrival")
     max_inputs_per_request: int = Field(default=64, ge=1)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_new_tokens: int = Field(default=2048, ge=1, description="the most tokens one generation may ask for")
+    max_prompt_chars: int = Field(default=16_384, ge=1)
     max_image_pixels: int = Field(default=16_000_000, ge=784)
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="empty = open")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"

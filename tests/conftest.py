@@ -90,6 +90,24 @@ def make_forecaster_artifact(root: Path, name: str = "tiny-forecaster", seed: in
     return models.save_artifact(module.eval(), manifest, root / name / "1")
 
 
+LM_VOCAB = sorted(set("\n abcdefghijklmnopqrstuvwxyz,.!?'ABCDEFGHIJKLMNOPQRSTUVWXYZ:;"))
+LM_CONFIGS = {"tiny-gpt": ("gpt", {"block_size": 24, "dim": 16, "heads": 2, "layers": 2, "dropout": 0.0}),
+              "tiny-char-lstm": ("char-lstm", {"embed_dim": 8, "hidden": 16, "layers": 2, "dropout": 0.0})}
+
+
+def make_lm_artifact(root: Path, name: str, seed: int = 0) -> Path:
+    architecture, config = LM_CONFIGS[name]
+    torch.manual_seed(seed)
+    module = models.build(architecture, {**config, "vocab_size": len(LM_VOCAB)})
+    manifest = {
+        "name": name, "version": 1, "task": "text-generation", "architecture": architecture,
+        "config": models.config_to_dict(module.config), "labels": None, "vocab": LM_VOCAB,
+        "preprocessing": {"input": "text"}, "dataset": {"name": "random"}, "metrics": {"val_loss": 4.0},
+        "trained": {"steps": 0, "seconds": 0, "device": "cpu", "git_commit": None, "seed": seed},
+    }
+    return models.save_artifact(module.eval(), manifest, root / name / "1")
+
+
 @pytest.fixture
 def weights_dir(tmp_path: Path) -> Path:
     root = tmp_path / "weights"
@@ -99,6 +117,8 @@ def weights_dir(tmp_path: Path) -> Path:
     for seed, name in enumerate(TEXT_CONFIGS):
         make_text_artifact(root, name, seed)
     make_forecaster_artifact(root)
+    for seed, name in enumerate(LM_CONFIGS):
+        make_lm_artifact(root, name, seed)
     return root
 
 

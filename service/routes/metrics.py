@@ -14,6 +14,6 @@ router = APIRouter(tags=["metrics"])
 async def metrics(registry: RegistryDep, metrics: MetricsDep) -> Response:
     for served in registry.all():  # readiness can change without an event (a worker dies): read it now
         metrics.loaded.labels(served.name, str(served.version)).set(1 if served.ready else 0)
-        if served.batcher is not None:
-            metrics.queue_depth.labels(served.name, str(served.version)).set(served.batcher.depth)
+        if served.worker is not None:
+            metrics.queue_depth.labels(served.name, str(served.version)).set(served.worker.depth)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,253 @@
+"""HTTP-agnostic continuous batching for text generation: one decoding loop per language model.
+
+Generations wait in a bounded queue, join the running batch after their own prefill, advance one
+token per step together with every other running generation, and leave between steps when they
+hit ``max_tokens``, a stop string, or their consumer goes away. All torch work (prefill, step,
+sampling) runs in the device's inference worker, one call per step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from service.batcher import BatchObserver, DeadlineExceeded, ModelUnavailable, QueueFull
+from service.runtimes.language_model import LanguageModelRuntime, Sampling, sample
+
+log = logging.getLogger("service.decoder")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt_ids: list[int]
+    max_tokens: int
+    sampling: Sampling
+    seed: int | None
+    stop: tuple[str, ...]
+    deadline: float  # time.monotonic(): it must be admitted to the running batch before this
+
+
+@dataclass(frozen=True)
+class Piece:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: str  # "length" | "stop"
+    tokens: int
+    prompt_tokens: int
+
+
+Event = Piece | Finished
+
+
+@dataclass(eq=False)
+class _Sequence:
+    request: GenerationRequest
+    events: asyncio.Queue[Event | BaseException]
+    generator: torch.Generator
+    history: list[int]  # prompt + generated ids (GPT refills its context from the end of it)
+    text: str = ""
+    emitted: int = 0  # characters of ``text`` already sent (the rest may be the start of a stop string)
+    generated: int = 0
+    pending: int | None = None  # sampled, sent, not yet fed to the model
+    cancelled: bool = False
+    done: bool = False
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class Generation:
+    """A handle on one running generation: iterate it for its events; ``cancel`` when its client leaves."""
+
+    def __init__(self, sequence: _Sequence, loop: DecodeLoop) -> None:
+        self._sequence = sequence
+        self._loop = loop
+
+    async def events(self) -> AsyncIterator[Event]:
+        try:
+            while True:
+                event = await self._sequence.events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+                if isinstance(event, Finished):
+                    return
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        if not self._sequence.done:
+            self._sequence.cancelled = True
+            self._loop.wake()
+
+
+class DecodeLoop:
+    def __init__(self, name: str, runtime: LanguageModelRuntime, executor: Executor, max_active: int,
+                 max_queue: int, observer: BatchObserver | None = None) -> None:
+        self.name = name
+        self.runtime = runtime
+        self.max_active = max_active
+        self.max_queue = max_queue
+        self._executor = executor
+        self._observer = observer
+        self._waiting: deque[_Sequence] = deque()
+        self._active: list[_Sequence] = []
+        self._batch: Any = None
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._dead_reason: str | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"decoder:{self.name}")
+        self._task.add_done_callback(self._on_exit)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._fail_all(ModelUnavailable("the model is shutting down"))
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and self._dead_reason is None
+
+    @property
+    def dead_reason(self) -> str | None:
+        return self._dead_reason
+
+    @property
+    def depth(self) -> int:
+        return len(self._waiting)
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    # -- the client side -------------------------------------------------------------------------
+    def submit(self, request: GenerationRequest) -> Generation:
+        if not self.alive:
+            raise ModelUnavailable(self._dead_reason or "the model is not started")
+        if len(self._waiting) >= self.max_queue:
+            raise QueueFull(retry_after_s=1)
+        generator = torch.Generator()
+        generator.manual_seed(request.seed if request.seed is not None else int(torch.randint(0, 2**62, ()).item()))
+        # One event per token plus the end: a bounded queue that can never block the loop.
+        sequence = _Sequence(request, asyncio.Queue(maxsize=request.max_tokens + 2), generator,
+                             list(request.prompt_ids))
+        self._waiting.append(sequence)
+        self.wake()
+        return Generation(sequence, self)
+
+    # -- the loop --------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._expire_waiting()
+            if not self._active and not self._waiting:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            keep = [i for i, s in enumerate(self._active) if not (s.cancelled or s.done)]
+            joining: list[_Sequence] = []
+            while self._waiting and len(keep) + len(joining) < self.max_active:
+                candidate = self._waiting.popleft()
+                if not candidate.cancelled:
+                    joining.append(candidate)
+            started = time.perf_counter()
+            try:
+                tokens = await loop.run_in_executor(self._executor, self._iterate, keep, joining)
+            except RuntimeError as exc:  # the executor is gone, or the device failed
+                self._dead_reason = f"decoding failed: {exc}"
+                log.error("model %s: %s", self.name, self._dead_reason)
+                self._fail_all(ModelUnavailable(self._dead_reason), extra=joining)
+                return
+            self._active = [self._active[i] for i in keep] + joining
+            if self._observer is not None and self._active:
+                self._observer.batch_done(len(self._active), time.perf_counter() - started)
+            for sequence, token in zip(self._active, tokens, strict=True):
+                self._advance(sequence, token)
+            self._wakeup.clear()
+            await asyncio.sleep(0)  # let consumers and new requests run between steps
+
+    def _iterate(self, keep: list[int], joining: list[_Sequence]) -> list[int]:
+        """Worker thread: drop leavers, step the running rows, prefill the joiners; one token per row."""
+        runtime = self.runtime
+        self._batch = runtime.keep(self._batch, keep) if self._batch is not None else None
+        staying = [self._active[i] for i in keep]
+        tokens: list[int] = []
+        if staying:
+            for row in runtime.full_rows(self._batch):  # a GPT at the end of its context: refill from the end
+                state, _ = runtime.prefill(staying[row].history[-(runtime.context or 2) // 2 - 1:-1])
+                self._batch = runtime.replace_row(self._batch, row, state)
+            self._batch, logits = runtime.step(self._batch, [s.pending for s in staying])  # type: ignore[misc]
+            tokens = [sample(logits[i], s.request.sampling, s.generator) for i, s in enumerate(staying)]
+        states = []
+        for sequence in joining:
+            state, logits_row = runtime.prefill(sequence.request.prompt_ids)
+            states.append(state)
+            tokens.append(sample(logits_row, sequence.request.sampling, sequence.generator))
+        if states:
+            self._batch = runtime.join(self._batch, states)
+        return tokens
+
+    def _advance(self, sequence: _Sequence, token: int) -> None:
+        if sequence.cancelled:
+            sequence.done = True
+            return
+        sequence.pending = token
+        sequence.history.append(token)
+        sequence.generated += 1
+        sequence.text += self.runtime.decode(token)
+        reason = None
+        stops = [sequence.text.find(stop, max(0, sequence.emitted - len(stop))) for stop in sequence.request.stop]
+        hits = [index for index in stops if index >= 0]
+        if hits:
+            sequence.text = sequence.text[: min(hits)]
+            reason = "stop"
+        elif sequence.generated >= sequence.request.max_tokens:
+            reason = "length"
+        safe = len(sequence.text) if reason else len(sequence.text) - self._held_back(sequence)
+        if safe > sequence.emitted:
+            sequence.events.put_nowait(Piece(sequence.text[sequence.emitted:safe]))
+            sequence.emitted = safe
+        if reason:
+            sequence.done = True
+            sequence.events.put_nowait(Finished(reason, sequence.generated, len(sequence.request.prompt_ids)))
+
+    @staticmethod
+    def _held_back(sequence: _Sequence) -> int:
+        """Characters at the end that could begin a stop string: not sent until that is decided."""
+        text = sequence.text
+        return max((n for stop in sequence.request.stop for n in range(min(len(stop) - 1, len(text)), 0, -1)
+                    if stop.startswith(text[-n:])), default=0)
+
+    def _expire_waiting(self) -> None:
+        now = time.monotonic()
+        for sequence in [s for s in self._waiting if s.request.deadline <= now]:
+            self._waiting.remove(sequence)
+            sequence.done = True
+            sequence.events.put_nowait(DeadlineExceeded())
+
+    def _fail_all(self, error: BaseException, extra: list[_Sequence] | None = None) -> None:
+        for sequence in [*self._active, *self._waiting, *(extra or [])]:
+            if not sequence.done:
+                sequence.done = True
+                sequence.events.put_nowait(error)
+        self._active, self._waiting = [], deque()
+
+    def _on_exit(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._dead_reason = f"decoding loop crashed: {task.exception()!r}"
+            log.error("model %s: %s", self.name, self._dead_reason, exc_info=task.exception())
+            self._fail_all(ModelUnavailable(self._dead_reason))
+        elif self._dead_reason is None:
+            self._dead_reason = "the decoding loop stopped"

@@ -1,0 +1,94 @@
+"""``POST /v1/models/{name}[/versions/{v}]/generate``: text from a language model, whole or streamed (SSE)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from service import generation
+from service.decoder import Piece
+from service.errors import ServeError
+from service.registry import ServedModel
+from service.responses import JSONResponse
+from service.routes.bodies import read_json
+from service.routes.deps import RegistryDep, SettingsDep
+from service.schemas import ERROR_RESPONSES
+
+router = APIRouter(tags=["generation"])
+
+
+class GenerateRequest(BaseModel):
+    prompt: str = Field(description="the text to continue (may be empty)")
+    max_tokens: int = Field(default=200, ge=1, description="the most tokens to generate")
+    temperature: float = Field(default=1.0, ge=0.0, le=5.0, description="0 = greedy")
+    top_k: int | None = Field(default=None, ge=1)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0, description="the same seed gives the same text")
+    stop: str | list[str] | None = Field(default=None, description="up to 4 strings that end the text")
+    stream: bool = Field(default=False, description="Server-Sent Events, one per token")
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    version: int
+    text: str
+    tokens: int
+    finish_reason: str
+
+
+def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
+    strings = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(strings) > 4 or any(not s or len(s) > 64 for s in strings):
+        raise ServeError(400, "stop takes up to 4 non-empty strings of at most 64 characters", "invalid_input")
+    return tuple(strings)
+
+
+def sse(data: object) -> bytes:
+    return b"data: " + (data if isinstance(data, bytes) else orjson.dumps(data)) + b"\n\n"
+
+
+async def _generate(request: Request, served: ServedModel, registry: RegistryDep, settings: SettingsDep) -> Response:
+    body: GenerateRequest = await read_json(request, GenerateRequest)
+    params = generation.GenerateParams(body.prompt, body.max_tokens, body.temperature, body.top_k, body.top_p,
+                                       body.seed, stop_strings(body.stop))
+    running = generation.start(request, served, registry, settings, params)
+    if not body.stream:
+        done = await generation.collect(request, running)
+        return JSONResponse({"model": served.name, "version": served.version, "text": done.text,
+                             "tokens": done.tokens, "finish_reason": done.finish_reason})
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            async for event in generation.events(running):
+                if isinstance(event, Piece):
+                    yield sse({"text": event.text})
+                else:
+                    yield sse({"finish_reason": event.reason, "tokens": event.tokens})
+        except ServeError as exc:
+            yield sse({"error": exc.message, "type": exc.type})
+        yield sse(b"[DONE]")
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+GENERATE_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": GenerateRequest.model_json_schema()}}}}
+
+
+@router.post("/v1/models/{name}/generate", summary="Generate text (JSON, or SSE with stream: true)",
+             response_model=GenerateResponse, responses=ERROR_RESPONSES, openapi_extra=GENERATE_BODY)
+async def generate(name: str, request: Request, registry: RegistryDep, settings: SettingsDep) -> Response:
+    return await _generate(request, generation.language_model(registry, name), registry, settings)
+
+
+@router.post("/v1/models/{name}/versions/{version}/generate", summary="Generate text with one version",
+             response_model=GenerateResponse, responses=ERROR_RESPONSES, openapi_extra=GENERATE_BODY)
+async def generate_version(name: str, version: str, request: Request, registry: RegistryDep,
+                           settings: SettingsDep) -> Response:
+    return await _generate(request, generation.language_model(registry, name, version), registry, settings)

@@ -1,0 +1,135 @@
+"""Runtime for character language models: prompt encoding, prefill, one batched decoding step, sampling.
+
+Every method that touches torch runs in the device's inference worker (called by service/decoder.py).
+A batch's state is the GPT's key/value cache (with each row's length) or the LSTM's (h, c); rows
+join after their own prefill and leave between steps, so the batch changes shape only then.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from service.errors import InputError
+from service.runtimes.base import DecodeLimits, TensorSpec
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float = 1.0
+
+
+def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
+    """One token from logits [V]: greedy at temperature 0, else top-k / nucleus sampling."""
+    if sampling.temperature == 0:
+        return int(logits.argmax())
+    logits = logits.float() / sampling.temperature
+    if sampling.top_k is not None and sampling.top_k < logits.numel():
+        threshold = torch.topk(logits, sampling.top_k).values[-1]
+        logits = logits.masked_fill(logits < threshold, float("-inf"))
+    if sampling.top_p < 1.0:
+        ordered, order = torch.sort(logits, descending=True)
+        cumulative = torch.softmax(ordered, dim=-1).cumsum(-1)
+        drop = cumulative - torch.softmax(ordered, dim=-1) >= sampling.top_p  # keep the first past top_p
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+    probabilities = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probabilities, 1, generator=generator))
+
+
+class LanguageModelRuntime:
+    task = "text-generation"
+
+    def __init__(self, module: nn.Module, manifest: dict[str, Any], device: torch.device, dtype: torch.dtype,
+                 limits: DecodeLimits, tokenizer: Any = None) -> None:
+        self.module = module.to(device=device, dtype=dtype)
+        self.device = device
+        self.vocab: list[str] = list(manifest["vocab"])
+        self.index = {char: i for i, char in enumerate(self.vocab)}
+        self.family = manifest["architecture"]
+        self.context: int | None = manifest["config"].get("block_size") if self.family == "gpt" else None
+        self.labels = None
+        self.inputs = [TensorSpec("prompt", "BYTES", [1])]
+        self.outputs = [TensorSpec("text", "BYTES", [1])]
+
+    # -- text <-> ids (event loop or threads: no torch) --------------------------------------
+    def encode_prompt(self, text: str) -> list[int]:
+        unknown = sorted({c for c in text if c not in self.index})
+        if unknown:
+            raise InputError(None, f"prompt has characters outside the model's vocabulary: {''.join(unknown)!r}")
+        return [self.index[c] for c in text] or [self.index.get("\n", 0)]
+
+    def decode(self, token: int) -> str:
+        return self.vocab[token]
+
+    # -- state (inference worker) ------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, ids: list[int]) -> tuple[Any, torch.Tensor]:
+        """Run one prompt alone: its row state and the logits [V] for the next token."""
+        if self.context is not None:
+            ids = ids[-(self.context - 1):]  # a GPT sees at most its context; keep the prompt's end
+        tokens = torch.tensor([ids], device=self.device)
+        if self.family == "gpt":
+            logits, layers = self.module(tokens)
+            cache = self.module.empty_cache(1)  # type: ignore[operator]
+            for (keys, values), (new_keys, new_values) in zip(cache, layers, strict=True):
+                keys[:, :, : len(ids)] = new_keys
+                values[:, :, : len(ids)] = new_values
+            return (cache, torch.tensor([len(ids)], device=self.device)), logits[0, -1]
+        logits, state = self.module(tokens)
+        return state, logits[0, -1]
+
+    def join(self, batch: Any, rows: list[Any]) -> Any:
+        """The batch state with ``rows`` appended (batch may be None)."""
+        parts = ([batch] if batch is not None else []) + rows
+        if self.family == "gpt":
+            cache = [(torch.cat([p[0][layer][0] for p in parts]), torch.cat([p[0][layer][1] for p in parts]))
+                     for layer in range(len(parts[0][0]))]
+            return cache, torch.cat([p[1] for p in parts])
+        return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
+
+    def keep(self, batch: Any, rows: list[int]) -> Any:
+        """The batch state with only ``rows`` (None when empty)."""
+        if not rows:
+            return None
+        index = torch.tensor(rows, device=self.device)
+        if self.family == "gpt":
+            cache, lengths = batch
+            return [(k.index_select(0, index), v.index_select(0, index)) for k, v in cache], lengths[index]
+        return batch[0].index_select(1, index), batch[1].index_select(1, index)
+
+    def full_rows(self, batch: Any) -> list[int]:
+        """Rows whose context is full (a GPT's next position would be past its block size)."""
+        if self.family != "gpt" or batch is None:
+            return []
+        return [int(i) for i in torch.nonzero(batch[1] >= self.context).flatten()]
+
+    def replace_row(self, batch: Any, row: int, state: Any) -> Any:
+        if self.family == "gpt":
+            (cache, lengths), (row_cache, row_length) = batch, state
+            for (keys, values), (row_keys, row_values) in zip(cache, row_cache, strict=True):
+                keys[row], values[row] = row_keys[0], row_values[0]
+            lengths[row] = row_length[0]
+            return batch
+        batch[0][:, row], batch[1][:, row] = state[0][:, 0], state[1][:, 0]
+        return batch
+
+    @torch.inference_mode()
+    def step(self, batch: Any, tokens: list[int]) -> tuple[Any, torch.Tensor]:
+        """Feed one token per row: the advanced state and logits [N, V]."""
+        ids = torch.tensor(tokens, device=self.device)[:, None]
+        if self.family == "gpt":
+            cache, lengths = batch
+            logits, cache = self.module(ids, cache, lengths)
+            return (cache, lengths + 1), logits[:, -1]
+        logits, state = self.module(ids, batch)
+        return state, logits[:, -1]
+
+    def warmup(self, max_batch_size: int) -> None:
+        state, _ = self.prefill([0] * 8)
+        batch = self.join(None, [state] * min(max_batch_size, 4))
+        self.step(batch, [0] * min(max_batch_size, 4))

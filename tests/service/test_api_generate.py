@@ -1,0 +1,129 @@
+"""Text generation: determinism, streaming, batched decoding, stop strings, bounds, disconnects, openai."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import LiveServer
+
+MODELS = ["tiny-gpt", "tiny-char-lstm"]
+
+
+def generate(client: TestClient, model: str, **body: object) -> dict:  # type: ignore[type-arg]
+    response = client.post(f"/v1/models/{model}/generate", json={"prompt": "the ", "max_tokens": 30, **body})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def sse_events(text: str) -> list[object]:
+    events = [line[len("data: "):] for line in text.split("\n\n") if line.startswith("data: ")]
+    return [event if event == "[DONE]" else json.loads(event) for event in events]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_same_seed_same_text(client: TestClient, model: str) -> None:
+    first = generate(client, model, seed=7)
+    assert first["tokens"] == 30 and len(first["text"]) == 30 and first["finish_reason"] == "length"
+    assert generate(client, model, seed=7)["text"] == first["text"]
+    assert generate(client, model, seed=8)["text"] != first["text"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_stream_sends_the_same_text_token_by_token(client: TestClient, model: str) -> None:
+    whole = generate(client, model, seed=3)["text"]
+    response = client.post(f"/v1/models/{model}/generate",
+                           json={"prompt": "the ", "max_tokens": 30, "seed": 3, "stream": True})
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(response.text)
+    assert events[-1] == "[DONE]" and events[-2] == {"finish_reason": "length", "tokens": 30}
+    pieces = [event["text"] for event in events[:-2]]  # type: ignore[index]
+    assert len(pieces) == 30 and "".join(pieces) == whole
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_concurrent_generations_equal_their_solo_runs(client: TestClient, model: str) -> None:
+    prompts = ["a", "the quick ", "Z", "hello, world. ", "x" * 20, "b"]
+    solo = [generate(client, model, prompt=p, temperature=0)["text"] for p in prompts]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        together = list(pool.map(lambda p: generate(client, model, prompt=p, temperature=0)["text"], prompts))
+    assert together == solo
+    text = client.get("/metrics").text
+    sizes = [line for line in text.splitlines() if line.startswith(f'serve_batch_size_sum{{model="{model}"')]
+    assert sizes  # the decoding steps are observed as batches
+
+
+def test_gpt_generates_past_its_context(client: TestClient) -> None:
+    answer = generate(client, "tiny-gpt", max_tokens=100, seed=1)  # block_size is 24
+    assert answer["tokens"] == 100 and len(answer["text"]) == 100
+
+
+def test_stop_strings_end_the_text_and_are_not_sent(client: TestClient) -> None:
+    base = generate(client, "tiny-char-lstm", seed=5, max_tokens=60)["text"]
+    stop = base[10:12]
+    answer = generate(client, "tiny-char-lstm", seed=5, max_tokens=60, stop=[stop])
+    assert answer["finish_reason"] == "stop" and answer["text"] == base[: base.find(stop)]
+    streamed = client.post("/v1/models/tiny-char-lstm/generate",
+                           json={"prompt": "the ", "max_tokens": 60, "seed": 5, "stop": stop, "stream": True})
+    events = sse_events(streamed.text)
+    assert "".join(e["text"] for e in events if isinstance(e, dict) and "text" in e) == answer["text"]
+
+
+@pytest.mark.parametrize("body,status", [
+    ({"prompt": "the", "max_tokens": 10**6}, 400), ({"prompt": "the €"}, 400), ({"prompt": "x", "top_p": 0}, 422),
+    ({"prompt": "x", "temperature": -1}, 422), ({"prompt": "x", "stop": ["a"] * 5}, 400), ({"max_tokens": 3}, 422),
+])
+def test_bounds(client: TestClient, body: dict, status: int) -> None:  # type: ignore[type-arg]
+    response = client.post("/v1/models/tiny-gpt/generate", json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]
+
+
+def test_generate_on_a_classifier_is_400(client: TestClient) -> None:
+    assert client.post("/v1/models/tiny-cnn/generate", json={"prompt": "x"}).status_code == 400
+
+
+def test_a_client_that_leaves_stops_its_generation(live_server: LiveServer) -> None:
+    body = json.dumps({"prompt": "the ", "max_tokens": 2000, "stream": True}).encode()
+    request = (f"POST /v1/models/tiny-char-lstm/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    decoder = live_server.app.state.registry.get("tiny-char-lstm").decoder
+    with socket.create_connection(("127.0.0.1", live_server.port)) as sock:
+        sock.sendall(request)
+        received = b""
+        while b"data:" not in received:  # the headers come first, then the first tokens
+            chunk = sock.recv(4096)
+            assert chunk, "connection closed before any token"
+            received += chunk
+    deadline = time.monotonic() + 5
+    while decoder._active and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert decoder._active == []  # the generation left the running batch long before 2000 tokens
+    assert httpx.post(f"http://{live_server.url}/v1/models/tiny-char-lstm/generate",
+                      json={"prompt": "a", "max_tokens": 3}).json()["tokens"] == 3
+
+
+def test_openai_completions(live_server: LiveServer) -> None:
+    client = openai.OpenAI(base_url=f"http://{live_server.url}/v1", api_key="unused", max_retries=0)
+    completion = client.completions.create(model="tiny-gpt", prompt="the ", max_tokens=12, seed=4)
+    assert completion.object == "text_completion" and completion.choices[0].finish_reason == "length"
+    assert len(completion.choices[0].text) == 12
+    assert completion.usage is not None and completion.usage.completion_tokens == 12
+    assert completion.usage.prompt_tokens == 4
+    chunks = list(client.completions.create(model="tiny-gpt", prompt="the ", max_tokens=12, seed=4, stream=True,
+                                            stream_options={"include_usage": True}))
+    text = "".join(chunk.choices[0].text for chunk in chunks if chunk.choices)
+    assert text == completion.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 16
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="tiny-gpt", prompt="x", max_tokens=3, n=2)
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="x")
