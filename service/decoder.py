@@ -189,14 +189,11 @@ class DecodeLoop:
                 state, _ = runtime.prefill(staying[row].history[-(runtime.context or 2) // 2 - 1:-1])
                 self._batch = runtime.replace_row(self._batch, row, state)
             self._batch, logits = runtime.step(self._batch, [s.pending for s in staying])  # type: ignore[misc]
-            tokens = [sample(logits[i], s.request.sampling, s.generator) for i, s in enumerate(staying)]
-        states = []
-        for sequence in joining:
-            state, logits_row = runtime.prefill(sequence.request.prompt_ids)
-            states.append(state)
-            tokens.append(sample(logits_row, sequence.request.sampling, sequence.generator))
-        if states:
-            self._batch = runtime.join(self._batch, states)
+            tokens = sample(logits, [s.request.sampling for s in staying], [s.generator for s in staying])
+        if joining:
+            states, rows = zip(*(runtime.prefill(s.request.prompt_ids) for s in joining), strict=True)
+            tokens += sample(torch.stack(rows), [s.request.sampling for s in joining], [s.generator for s in joining])
+            self._batch = runtime.join(self._batch, list(states))
         return tokens
 
     def _advance(self, sequence: _Sequence, token: int) -> None:

@@ -24,21 +24,32 @@ class Sampling:
     top_p: float = 1.0
 
 
-def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
-    """One token from logits [V]: greedy at temperature 0, else top-k / nucleus sampling."""
-    if sampling.temperature == 0:
-        return int(logits.argmax())
-    logits = logits.float() / sampling.temperature
-    if sampling.top_k is not None and sampling.top_k < logits.numel():
-        threshold = torch.topk(logits, sampling.top_k).values[-1]
-        logits = logits.masked_fill(logits < threshold, float("-inf"))
-    if sampling.top_p < 1.0:
-        ordered, order = torch.sort(logits, descending=True)
-        cumulative = torch.softmax(ordered, dim=-1).cumsum(-1)
-        drop = cumulative - torch.softmax(ordered, dim=-1) >= sampling.top_p  # keep the first past top_p
-        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-    probabilities = torch.softmax(logits, dim=-1)
-    return int(torch.multinomial(probabilities, 1, generator=generator))
+def sample(logits: torch.Tensor, samplings: list[Sampling], generators: list[torch.Generator]) -> list[int]:
+    """One token per row of logits [N, V], each row with its own settings and random generator.
+
+    Greedy at temperature 0, else top-k and nucleus (top-p) filtering, then inverse-CDF sampling with
+    one uniform draw from the row's own generator, so a seeded request gets the same text whatever
+    else shares its batch. Vectorised over rows: one pass per decoding step, not one per sequence.
+    """
+    logits = logits.float()
+    vocab = logits.shape[1]
+    temperature = torch.tensor([s.temperature for s in samplings], device=logits.device)
+    scaled = logits / temperature.clamp(min=1e-6)[:, None]
+    if any(s.top_k is not None and s.top_k < vocab for s in samplings):
+        k = torch.tensor([min(s.top_k or vocab, vocab) for s in samplings], device=logits.device)
+        kth = scaled.sort(dim=-1, descending=True).values.gather(1, (k - 1)[:, None])  # [N, 1]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    if any(s.top_p < 1.0 for s in samplings):
+        top_p = torch.tensor([s.top_p for s in samplings], device=logits.device)
+        ordered, order = scaled.sort(dim=-1, descending=True)
+        probabilities = torch.softmax(ordered, dim=-1)
+        drop = probabilities.cumsum(-1) - probabilities >= top_p[:, None]  # keep the first token past top_p
+        scaled = scaled.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
+    cdf = torch.softmax(scaled, dim=-1).cumsum(-1)
+    draws = torch.stack([torch.rand((), generator=g) for g in generators]).to(logits.device)
+    sampled = torch.searchsorted(cdf, draws[:, None]).clamp(max=vocab - 1).flatten()
+    chosen = torch.where(temperature == 0, logits.argmax(-1), sampled)
+    return [int(token) for token in chosen.tolist()]
 
 
 class LanguageModelRuntime:
