@@ -15,12 +15,13 @@ from PIL import Image
 from service.main import create_app
 from service.settings import Settings
 from tests.conftest import REPO_ROOT, wait_ready
-from training.data import data_root, load_image_split, load_series, load_sst2
+from training.data import data_root, load_image_split, load_series, load_shakespeare, load_sst2
 
 WEIGHTS = REPO_ROOT / "weights"
 TARGETS = {"mnist-cnn": ("mnist", 0.993), "fashion-cnn": ("fashion-mnist", 0.930)}
 TEXT_TARGETS = {"sst2-lstm": 0.82, "sst2-gru": 0.82, "sst2-transformer": 0.80, "sst2-minilm": 0.89}
 FORECASTER = "sunspots-lstm"
+LM_TARGETS = {"shakespeare-gpt": 1.60, "shakespeare-lstm": 1.70}
 pytestmark = pytest.mark.skipif(not (data_root() / "mnist").is_dir(), reason="shared datasets not present")
 
 
@@ -37,7 +38,7 @@ def png(image: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[TestClient]:
-    settings = Settings(weights_dir=WEIGHTS, device="cpu", models=[*TARGETS, *TEXT_TARGETS, FORECASTER],
+    settings = Settings(weights_dir=WEIGHTS, device="cpu", models=[*TARGETS, *TEXT_TARGETS, FORECASTER, *LM_TARGETS],
                         max_inputs_per_request=256)
     with TestClient(create_app(settings)) as client:
         wait_ready(client, timeout=60)
@@ -149,3 +150,26 @@ def test_forecaster_beats_the_naive_forecast_on_held_out_data_through_the_api(se
     assert mae <= 0.9 * naive_mae
     assert mae == pytest.approx(manifest["metrics"]["mae"], abs=0.01)
     assert naive_mae == pytest.approx(manifest["metrics"]["naive_mae"], abs=0.01)
+
+
+@pytest.mark.parametrize("name", sorted(LM_TARGETS))
+def test_language_models_meet_their_held_out_loss(name: str) -> None:
+    manifest = latest_manifest(name)
+    assert manifest["metrics"]["val_loss"] <= LM_TARGETS[name]
+    assert manifest["dataset"]["holdout_start"] == int(manifest["dataset"]["characters"] * 0.9)
+
+
+@pytest.mark.parametrize("name", sorted(LM_TARGETS))
+def test_generated_text_is_made_of_shakespeares_words(served: TestClient, name: str) -> None:
+    """Plausible text: most generated words are words of the corpus, and it has Shakespeare's layout."""
+    corpus = load_shakespeare()
+    known = set(corpus.split())
+    response = served.post(f"/v1/models/{name}/generate",
+                           json={"prompt": "ROMEO:\n", "max_tokens": 400, "temperature": 0.8, "seed": 0})
+    assert response.status_code == 200, response.text
+    text = response.json()["text"]
+    words = text.split()
+    print(f"{name}:\nROMEO:\n{text}")
+    assert len(words) >= 40
+    assert sum(word in known for word in words) / len(words) >= 0.75
+    assert ":\n" in text  # a new speaker's name followed by a line break, as in the corpus
