@@ -76,6 +76,25 @@ class KServeV1Response(BaseModel):
     predictions: list[Prediction]
 
 
+class GenerateRequest(BaseModel):
+    prompt: str = Field(description="the text to continue (may be empty)")
+    max_tokens: int = Field(default=200, ge=1, description="the most tokens to generate")
+    temperature: float = Field(default=1.0, ge=0.0, le=5.0, description="0 = greedy")
+    top_k: int | None = Field(default=None, ge=1)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0, description="the same seed gives the same text")
+    stop: str | list[str] | None = Field(default=None, description="up to 4 strings that end the text")
+    stream: bool = Field(default=False, description="Server-Sent Events, one per token")
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    version: int
+    text: str
+    tokens: int
+    finish_reason: str
+
+
 class ErrorBody(BaseModel):
     error: str
     type: str

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from service import generation
@@ -17,28 +16,9 @@ from service.registry import ServedModel
 from service.responses import JSONResponse
 from service.routes.bodies import read_json
 from service.routes.deps import RegistryDep, SettingsDep
-from service.schemas import ERROR_RESPONSES
+from service.schemas import ERROR_RESPONSES, GenerateRequest, GenerateResponse
 
 router = APIRouter(tags=["generation"])
-
-
-class GenerateRequest(BaseModel):
-    prompt: str = Field(description="the text to continue (may be empty)")
-    max_tokens: int = Field(default=200, ge=1, description="the most tokens to generate")
-    temperature: float = Field(default=1.0, ge=0.0, le=5.0, description="0 = greedy")
-    top_k: int | None = Field(default=None, ge=1)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = Field(default=None, ge=0, description="the same seed gives the same text")
-    stop: str | list[str] | None = Field(default=None, description="up to 4 strings that end the text")
-    stream: bool = Field(default=False, description="Server-Sent Events, one per token")
-
-
-class GenerateResponse(BaseModel):
-    model: str
-    version: int
-    text: str
-    tokens: int
-    finish_reason: str
 
 
 def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:

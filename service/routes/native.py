@@ -13,7 +13,14 @@ from service.registry import Registry, ServedModel
 from service.responses import JSONResponse
 from service.routes.bodies import read_image_request, read_json_inputs, read_text_request
 from service.routes.deps import RegistryDep, SettingsDep
-from service.schemas import ERROR_RESPONSES, ForecastParameters, ImageParameters, PredictResponse, TextParameters
+from service.schemas import (
+    ERROR_RESPONSES,
+    ForecastParameters,
+    GenerateRequest,
+    ImageParameters,
+    PredictResponse,
+    TextParameters,
+)
 from service.settings import Settings
 
 router = APIRouter(tags=["native"])
@@ -54,6 +61,7 @@ def model_detail(served: ServedModel, registry: Registry) -> dict[str, Any]:
         "outputs": [spec.as_dict() for spec in runtime.outputs] if runtime else [],
         "parameters": PARAMETERS.get(served.task, TextParameters).model_json_schema()["properties"],
         "max_tokens": getattr(runtime, "max_tokens", None),
+        "context": getattr(runtime, "context", None),
         "device": served.device or None, "dtype": served.dtype or None,
         "batching": {"max_batch_size": config.max_batch_size, "max_delay_ms": config.max_delay_s * 1000,
                      "max_queue": config.max_queue, "timeout_ms": registry.timeout_s(served.name) * 1000},
@@ -88,7 +96,8 @@ def parse_parameters(schema: type[P], params: dict[str, Any]) -> P:
 
 
 TEXT_TASKS = ("text-classification", "text-embedding")
-PARAMETERS: dict[str, type[BaseModel]] = {"image-classification": ImageParameters, "forecasting": ForecastParameters}
+PARAMETERS: dict[str, type[BaseModel]] = {"image-classification": ImageParameters, "forecasting": ForecastParameters,
+                                          "text-generation": GenerateRequest}
 
 
 async def predict_items(request: Request, served: ServedModel, registry: Registry, settings: Settings,

@@ -79,11 +79,19 @@ def test_stop_strings_end_the_text_and_are_not_sent(client: TestClient) -> None:
 @pytest.mark.parametrize("body,status", [
     ({"prompt": "the", "max_tokens": 10**6}, 400), ({"prompt": "the €"}, 400), ({"prompt": "x", "top_p": 0}, 422),
     ({"prompt": "x", "temperature": -1}, 422), ({"prompt": "x", "stop": ["a"] * 5}, 400), ({"max_tokens": 3}, 422),
+    ({"prompt": "a" * 20_000}, 400),
 ])
 def test_bounds(client: TestClient, body: dict, status: int) -> None:  # type: ignore[type-arg]
     response = client.post("/v1/models/tiny-gpt/generate", json=body)
     assert response.status_code == status, response.text
     assert response.json()["error"]
+
+
+def test_metadata_lists_generation_parameters(client: TestClient) -> None:
+    detail = client.get("/v1/models/tiny-gpt").json()
+    assert detail["task"] == "text-generation" and detail["context"] == 24
+    assert detail["parameters"]["temperature"]["default"] == 1.0 and detail["parameters"]["temperature"]["maximum"] == 5
+    assert detail["parameters"]["max_tokens"]["minimum"] == 1
 
 
 def test_generate_on_a_classifier_is_400(client: TestClient) -> None:
