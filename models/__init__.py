@@ -12,9 +12,11 @@ import torch
 from torch import nn
 
 from models.artifact import ArtifactError, load_tensors, read_manifest, read_tokenizer_json, save_artifact
+from models.autoencoder import AutoencoderConfig, ConvAutoencoder
 from models.char_lstm import CharLSTM, CharLSTMConfig
 from models.cnn import CNN, CNNConfig
 from models.forecaster import ForecasterConfig, LSTMForecaster
+from models.gan import GANConfig, Generator
 from models.gpt import GPT, GPTConfig
 from models.resnet import ResNet, ResNetConfig
 from models.rnn import RNNClassifier, RNNConfig
@@ -31,6 +33,8 @@ class Architecture:
 
 ARCHITECTURES: dict[str, Architecture] = {
     "char-lstm": Architecture(CharLSTMConfig, CharLSTM),
+    "conv-autoencoder": Architecture(AutoencoderConfig, ConvAutoencoder),
+    "dcgan-generator": Architecture(GANConfig, Generator),
     "cnn": Architecture(CNNConfig, CNN),
     "gpt": Architecture(GPTConfig, GPT),
     "lstm-forecaster": Architecture(ForecasterConfig, LSTMForecaster),
