@@ -17,6 +17,12 @@ class ImageParameters(BaseModel):
     invert: bool | None = Field(default=None, description="dark ink on light paper? null: decide from the border")
 
 
+class AnomalyParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reconstruction: bool = Field(default=False, description="also return the reconstructed image (PNG, base64)")
+    invert: bool | None = Field(default=None, description="dark ink on light paper? null: decide from the border")
+
+
 class TextParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
     top_k: int = Field(default=3, ge=1, le=1000, description="how many classes to list (classifiers)")
@@ -63,7 +69,14 @@ class Forecast(BaseModel):
     forecast: list[float]
 
 
-Prediction = Classification | TextClassification | Embedding | Forecast
+class AnomalyItem(BaseModel):
+    anomaly_score: float
+    threshold: float
+    is_anomaly: bool
+    reconstruction_png_b64: str | None = None
+
+
+Prediction = Classification | TextClassification | Embedding | Forecast | AnomalyItem
 
 
 class PredictResponse(BaseModel):

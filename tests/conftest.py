@@ -108,6 +108,19 @@ def make_lm_artifact(root: Path, name: str, seed: int = 0) -> Path:
     return models.save_artifact(module.eval(), manifest, root / name / "1")
 
 
+def make_autoencoder_artifact(root: Path, name: str = "tiny-autoencoder", threshold: float = 0.05) -> Path:
+    torch.manual_seed(0)
+    module = models.build("conv-autoencoder", {"channels": [4, 8], "latent": 8})
+    manifest = {
+        "name": name, "version": 1, "task": "anomaly-detection", "architecture": "conv-autoencoder",
+        "config": models.config_to_dict(module.config), "labels": None, "threshold": threshold,
+        "preprocessing": {"input": "pixels", "shape": [1, 28, 28], "range": [0.0, 1.0]},
+        "dataset": {"name": "random"}, "metrics": {"auroc": 0.5},
+        "trained": {"epochs": 0, "seconds": 0, "device": "cpu", "git_commit": None, "seed": 0},
+    }
+    return models.save_artifact(module.eval(), manifest, root / name / "1")
+
+
 @pytest.fixture
 def weights_dir(tmp_path: Path) -> Path:
     root = tmp_path / "weights"
@@ -119,6 +132,7 @@ def weights_dir(tmp_path: Path) -> Path:
     make_forecaster_artifact(root)
     for seed, name in enumerate(LM_CONFIGS):
         make_lm_artifact(root, name, seed)
+    make_autoencoder_artifact(root)
     return root
 
 

@@ -15,6 +15,7 @@ from service.routes.bodies import read_image_request, read_json_inputs, read_tex
 from service.routes.deps import RegistryDep, SettingsDep
 from service.schemas import (
     ERROR_RESPONSES,
+    AnomalyParameters,
     ForecastParameters,
     GenerateRequest,
     ImageParameters,
@@ -96,8 +97,9 @@ def parse_parameters(schema: type[P], params: dict[str, Any]) -> P:
 
 
 TEXT_TASKS = ("text-classification", "text-embedding")
+IMAGE_TASKS = ("image-classification", "anomaly-detection")
 PARAMETERS: dict[str, type[BaseModel]] = {"image-classification": ImageParameters, "forecasting": ForecastParameters,
-                                          "text-generation": GenerateRequest}
+                                          "text-generation": GenerateRequest, "anomaly-detection": AnomalyParameters}
 
 
 async def predict_items(request: Request, served: ServedModel, registry: Registry, settings: Settings,
@@ -107,18 +109,19 @@ async def predict_items(request: Request, served: ServedModel, registry: Registr
     if runtime is None:
         raise ServeError(503, f"model {served.name} v{served.version} is not loaded ({served.status})",
                          headers={"Retry-After": "5"})
-    if served.task == "image-classification":
+    if served.task in IMAGE_TASKS:
         raw, params = await read_image_request(request, settings.max_inputs_per_request, settings.max_body_bytes,
                                                instances_key)
-        image_params = parse_parameters(ImageParameters, params)
+        image_params = parse_parameters(PARAMETERS[served.task], params)
+        invert = image_params.invert  # type: ignore[attr-defined]
         results = await decode_and_infer(
-            request, served, lambda data, index: runtime.decode_image(data, index, image_params.invert), raw, timeout_s)
-        return [runtime.encode(result, image_params.top_k) for result in results]
+            request, served, lambda data, index: runtime.decode_image(data, index, invert), raw, timeout_s)
+        return [runtime.encode(result, image_params) for result in results]
     if served.task in TEXT_TASKS:
         texts, params = await read_text_request(request, settings.max_inputs_per_request, instances_key)
         text_params = parse_parameters(TextParameters, params)
         results = await decode_and_infer(request, served, runtime.decode_text, texts, timeout_s)
-        return [runtime.encode(result, text_params.top_k) for result in results]
+        return [runtime.encode(result, text_params) for result in results]
     if served.task == "forecasting":
         series, params = await read_json_inputs(request, settings.max_inputs_per_request, instances_key)
         horizon = runtime.check_horizon(parse_parameters(ForecastParameters, params).horizon or runtime.step_horizon)

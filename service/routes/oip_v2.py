@@ -302,6 +302,12 @@ async def _run(request: Request, served: ServedModel, registry: Registry, parsed
         forecasts = await decode_and_infer(request, served, lambda raw, i: runtime.decode_series(raw, i, horizon),
                                            _series_items(tensors, served, max_inputs), timeout_s)
         return {"forecast": np.stack(forecasts).astype(np.float32)}
+    if served.task == "anomaly-detection":
+        found = await decode_and_infer(request, served, runtime.decode_pixels,
+                                       list(_pixels_items(tensors, served, max_inputs)), timeout_s)
+        scores = np.array([r.score for r in found], dtype=np.float32)
+        return {"anomaly_score": scores, "is_anomaly": scores > runtime.threshold,
+                "reconstruction": np.stack([r.reconstruction for r in found]).astype(np.float32)}
     if served.task == "image-classification":
         results = await decode_and_infer(request, served, runtime.decode_pixels,
                                          list(_pixels_items(tensors, served, max_inputs)), timeout_s)

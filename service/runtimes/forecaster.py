@@ -75,5 +75,5 @@ class ForecasterRuntime:
         item = SeriesItem(np.zeros(self.window, dtype=np.float32), self.step_horizon)
         self.forward([item] * max_batch_size)
 
-    def encode(self, forecast: np.ndarray, top_k: int = 0) -> dict[str, Any]:
+    def encode(self, forecast: np.ndarray, params: Any = None) -> dict[str, Any]:
         return {"forecast": [float(v) for v in forecast]}

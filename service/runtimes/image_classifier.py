@@ -1,21 +1,27 @@
-"""Runtime for image classifiers: pixels [1, H, W] per item -> class probabilities."""
+"""Runtimes for image models: pixels [1, H, W] per item -> class probabilities (classifiers) or an
+anomaly score with the reconstruction (autoencoders)."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from models.imaging import png_bytes
 from service.errors import InputError
 from service.runtimes.base import DecodeLimits, TensorSpec, classification_item
 from service.runtimes.images import decode_image
 
 
-class ImageClassifierRuntime:
-    task = "image-classification"
+class ImageRuntime:
+    """Decoding shared by image models: files of any format, or raw pixels (OIP V2)."""
+
+    task = ""
 
     def __init__(self, module: nn.Module, manifest: dict[str, Any], device: torch.device,
                  dtype: torch.dtype, limits: DecodeLimits, tokenizer: Any = None) -> None:
@@ -26,10 +32,8 @@ class ImageClassifierRuntime:
         self.labels: list[str] = list(manifest.get("labels") or [])
         channels, height, width = manifest.get("preprocessing", {}).get("shape", [1, 28, 28])
         self.shape = (int(channels), int(height), int(width))
-        num_classes = len(self.labels)
         self.inputs = [TensorSpec("pixels", "FP32", [-1, *self.shape])]
-        self.outputs = [TensorSpec("probabilities", "FP32", [-1, num_classes]),
-                        TensorSpec("label", "BYTES", [-1])]
+        self.outputs: list[TensorSpec] = []
 
     # -- decode (worker thread, before queueing) ---------------------------------------------
     def decode_image(self, data: bytes, index: int, invert: bool | None) -> np.ndarray:
@@ -45,17 +49,60 @@ class ImageClassifierRuntime:
             raise InputError(index, "pixels must lie in [0, 1]")
         return np.ascontiguousarray(array, dtype=np.float32)
 
-    # -- forward (inference worker) ----------------------------------------------------------
-    @torch.inference_mode()
-    def forward(self, payloads: list[np.ndarray]) -> Sequence[np.ndarray]:
-        batch = torch.from_numpy(np.stack(payloads)).to(self.device, self.dtype, non_blocking=True)
-        probabilities = torch.softmax(self.module(batch).float(), dim=-1)  # [N, C]
-        return list(probabilities.cpu().numpy())
+    def batch(self, payloads: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(payloads)).to(self.device, self.dtype, non_blocking=True)
 
     def warmup(self, max_batch_size: int) -> None:
         for size in sorted({1, max_batch_size}):
             self.forward([np.zeros(self.shape, dtype=np.float32)] * size)
 
-    # -- encode (event loop; numpy only) -----------------------------------------------------
-    def encode(self, probabilities: np.ndarray, top_k: int) -> dict[str, Any]:
-        return classification_item(probabilities, self.labels, top_k)
+    def forward(self, payloads: list[np.ndarray]) -> Sequence[Any]:
+        raise NotImplementedError
+
+
+class ImageClassifierRuntime(ImageRuntime):
+    task = "image-classification"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.outputs = [TensorSpec("probabilities", "FP32", [-1, len(self.labels)]),
+                        TensorSpec("label", "BYTES", [-1])]
+
+    @torch.inference_mode()
+    def forward(self, payloads: list[np.ndarray]) -> Sequence[np.ndarray]:
+        probabilities = torch.softmax(self.module(self.batch(payloads)).float(), dim=-1)  # [N, C]
+        return list(probabilities.cpu().numpy())
+
+    def encode(self, probabilities: np.ndarray, params: Any) -> dict[str, Any]:
+        return classification_item(probabilities, self.labels, params.top_k)
+
+
+@dataclass(frozen=True)
+class AnomalyResult:
+    score: float
+    reconstruction: np.ndarray  # [C, H, W] in [0, 1]
+
+
+class AnomalyRuntime(ImageRuntime):
+    task = "anomaly-detection"
+
+    def __init__(self, module: nn.Module, manifest: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        super().__init__(module, manifest, *args, **kwargs)
+        self.threshold = float(manifest["threshold"])
+        self.outputs = [TensorSpec("anomaly_score", "FP32", [-1]), TensorSpec("is_anomaly", "BOOL", [-1]),
+                        TensorSpec("reconstruction", "FP32", [-1, *self.shape])]
+
+    @torch.inference_mode()
+    def forward(self, payloads: list[np.ndarray]) -> Sequence[AnomalyResult]:
+        pixels = self.batch(payloads)
+        reconstruction = self.module(pixels)
+        scores = self.module.score(pixels.float(), reconstruction.float())  # type: ignore[operator]
+        return [AnomalyResult(float(score), image) for score, image in
+                zip(scores.cpu().numpy(), reconstruction.float().cpu().numpy(), strict=True)]
+
+    def encode(self, result: AnomalyResult, params: Any) -> dict[str, Any]:
+        item: dict[str, Any] = {"anomaly_score": result.score, "threshold": self.threshold,
+                                "is_anomaly": result.score > self.threshold}
+        if params.reconstruction:
+            item["reconstruction_png_b64"] = base64.b64encode(png_bytes(result.reconstruction[0])).decode()
+        return item

@@ -115,8 +115,8 @@ class TextClassifierRuntime(TextRuntime):
     def postprocess(self, output: torch.Tensor) -> torch.Tensor:
         return torch.softmax(output, dim=-1)
 
-    def encode(self, result: TextResult, top_k: int) -> dict[str, Any]:
-        return {**classification_item(result.vector, self.labels or [], top_k), "truncated": result.truncated}
+    def encode(self, result: TextResult, params: Any) -> dict[str, Any]:
+        return {**classification_item(result.vector, self.labels or [], params.top_k), "truncated": result.truncated}
 
 
 class TextEmbedderRuntime(TextRuntime):
@@ -127,5 +127,5 @@ class TextEmbedderRuntime(TextRuntime):
         self.dimensions = int(manifest["config"]["dim"])
         self.outputs = [TensorSpec("embedding", "FP32", [-1, self.dimensions])]
 
-    def encode(self, result: TextResult, top_k: int = 0) -> dict[str, Any]:
+    def encode(self, result: TextResult, params: Any = None) -> dict[str, Any]:
         return {"embedding": result.vector.astype(np.float32).tolist(), "truncated": result.truncated}

@@ -12,6 +12,7 @@ import models
 from service.errors import InputError
 from service.runtimes import DecodeLimits
 from service.runtimes.text import TextClassifierRuntime, TextEmbedderRuntime, length_buckets
+from service.schemas import TextParameters
 from tests.conftest import TINY_MAX_TOKENS, make_text_artifact
 
 
@@ -50,7 +51,7 @@ def test_truncation_is_reported(tmp_path: Path) -> None:
     long = runtime.decode_text("a waste of time " * 10, 1)
     assert not short.truncated and len(short.ids) == 4
     assert long.truncated and len(long.ids) == TINY_MAX_TOKENS
-    assert runtime.encode(runtime.forward([long])[0], top_k=2)["truncated"] is True
+    assert runtime.encode(runtime.forward([long])[0], TextParameters(top_k=2))["truncated"] is True
 
 
 @pytest.mark.parametrize("bad", ["", "   ", 3, None, ["a"]])
