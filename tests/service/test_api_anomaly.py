@@ -54,7 +54,8 @@ def test_threshold_decides(make_client, weights_dir) -> None:  # type: ignore[no
 
 def test_v2_outputs(client: TestClient) -> None:
     pixels = np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32)
-    body = {"inputs": [{"name": "pixels", "shape": [2, 1, 28, 28], "datatype": "FP32", "data": pixels.ravel().tolist()}]}
+    body = {"inputs": [{"name": "pixels", "shape": [2, 1, 28, 28], "datatype": "FP32",
+                        "data": pixels.ravel().tolist()}]}
     outputs = {o["name"]: o for o in client.post("/v2/models/tiny-autoencoder/infer", json=body).json()["outputs"]}
     assert outputs["anomaly_score"]["shape"] == [2] and outputs["is_anomaly"]["datatype"] == "BOOL"
     assert outputs["reconstruction"]["shape"] == [2, 1, 28, 28]
