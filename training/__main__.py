@@ -10,13 +10,14 @@ import os
 
 import torch
 
-from training import autoencoder, forecaster, image_classifier, import_minilm, language_model, text_classifier
+from training import autoencoder, forecaster, gan, image_classifier, import_minilm, language_model, text_classifier
 
 RECIPES = {name: image_classifier.train for name in image_classifier.RECIPES}
 RECIPES |= {name: text_classifier.train for name in text_classifier.RECIPES}
 RECIPES["import-minilm"] = lambda _name, args: import_minilm.run(args)
 RECIPES[forecaster.NAME] = forecaster.train
 RECIPES[autoencoder.NAME] = autoencoder.train
+RECIPES[gan.NAME] = gan.train
 RECIPES |= {name: language_model.train for name in language_model.RECIPES}
 
 

@@ -26,8 +26,10 @@ def auroc(normal_scores: np.ndarray, anomaly_scores: np.ndarray) -> float:
 
 @torch.no_grad()
 def judge(images: torch.Tensor, weights_root: Path, name: str = "mnist-cnn") -> tuple[np.ndarray, np.ndarray]:
-    """(predicted class, confidence) per image [N, 1, 28, 28] from the latest committed ``name``."""
-    classifier, _ = models.load(common.latest_version_dir(weights_root, name))
+    """(predicted class, confidence) per image [N, 1, 28, 28] from the latest ``name`` under ``weights_root``,
+    or else the repository's committed one."""
+    root = weights_root if (weights_root / name).is_dir() else common.REPO_ROOT / "weights"
+    classifier, _ = models.load(common.latest_version_dir(root, name))
     probabilities = torch.softmax(classifier(images.float().cpu()), dim=-1)
     confidence, predicted = probabilities.max(dim=-1)
     return predicted.numpy(), confidence.numpy()
