@@ -16,7 +16,7 @@ from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import ServeMiddleware
 from service.registry import Registry
-from service.routes import docs, generate, health, kserve_v1, native, oip_v2, openai, ui
+from service.routes import docs, generate, health, kserve_v1, native, oip_v2, openai, samples, ui
 from service.routes import metrics as metrics_routes
 from service.routes.deps import require_api_key
 from service.settings import Settings
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(native.router, dependencies=guarded)
     app.include_router(oip_v2.router, dependencies=guarded)
     app.include_router(generate.router, dependencies=guarded)
+    app.include_router(samples.router, dependencies=guarded)
     app.include_router(openai.router, dependencies=guarded)
     app.mount("/static-docs", StaticFiles(directory=docs.ASSETS), name="static-docs")
     return app

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,16 @@ class AnomalyParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reconstruction: bool = Field(default=False, description="also return the reconstructed image (PNG, base64)")
     invert: bool | None = Field(default=None, description="dark ink on light paper? null: decide from the border")
+
+
+class SampleParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    n: int = Field(default=16, ge=1, le=64, description="how many images")
+    seed: int | None = Field(default=None, ge=0, lt=2**63, description="the same seed gives the same bytes; "
+                             "default: random (the answer says which)")
+    label: int | None = Field(default=None, ge=0, description="the class to draw (conditional models); "
+                              "default: random classes")
+    format: Literal["png", "json"] = Field(default="png", description="a PNG grid, or JSON with one PNG per image")
 
 
 class TextParameters(BaseModel):

@@ -121,6 +121,18 @@ def make_autoencoder_artifact(root: Path, name: str = "tiny-autoencoder", thresh
     return models.save_artifact(module.eval(), manifest, root / name / "1")
 
 
+def make_generator_artifact(root: Path, name: str = "tiny-cgan") -> Path:
+    torch.manual_seed(0)
+    module = models.build("dcgan-generator", {"latent": 8, "width": 4})
+    manifest = {
+        "name": name, "version": 1, "task": "image-generation", "architecture": "dcgan-generator",
+        "config": models.config_to_dict(module.config), "labels": [str(d) for d in range(10)], "conditional": True,
+        "preprocessing": {"output": "pixels"}, "dataset": {"name": "random"}, "metrics": {"label_agreement": 0.1},
+        "trained": {"epochs": 0, "seconds": 0, "device": "cpu", "git_commit": None, "seed": 0},
+    }
+    return models.save_artifact(module.eval(), manifest, root / name / "1")
+
+
 @pytest.fixture
 def weights_dir(tmp_path: Path) -> Path:
     root = tmp_path / "weights"
@@ -133,6 +145,7 @@ def weights_dir(tmp_path: Path) -> Path:
     for seed, name in enumerate(LM_CONFIGS):
         make_lm_artifact(root, name, seed)
     make_autoencoder_artifact(root)
+    make_generator_artifact(root)
     return root
 
 

@@ -20,6 +20,7 @@ from service.schemas import (
     GenerateRequest,
     ImageParameters,
     PredictResponse,
+    SampleParameters,
     TextParameters,
 )
 from service.settings import Settings
@@ -63,6 +64,7 @@ def model_detail(served: ServedModel, registry: Registry) -> dict[str, Any]:
         "parameters": PARAMETERS.get(served.task, TextParameters).model_json_schema()["properties"],
         "max_tokens": getattr(runtime, "max_tokens", None),
         "context": getattr(runtime, "context", None),
+        "conditional": manifest.get("conditional"),
         "device": served.device or None, "dtype": served.dtype or None,
         "batching": {"max_batch_size": config.max_batch_size, "max_delay_ms": config.max_delay_s * 1000,
                      "max_queue": config.max_queue, "timeout_ms": registry.timeout_s(served.name) * 1000},
@@ -99,7 +101,8 @@ def parse_parameters(schema: type[P], params: dict[str, Any]) -> P:
 TEXT_TASKS = ("text-classification", "text-embedding")
 IMAGE_TASKS = ("image-classification", "anomaly-detection")
 PARAMETERS: dict[str, type[BaseModel]] = {"image-classification": ImageParameters, "forecasting": ForecastParameters,
-                                          "text-generation": GenerateRequest, "anomaly-detection": AnomalyParameters}
+                                          "text-generation": GenerateRequest, "anomaly-detection": AnomalyParameters,
+                                          "image-generation": SampleParameters}
 
 
 async def predict_items(request: Request, served: ServedModel, registry: Registry, settings: Settings,

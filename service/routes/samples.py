@@ -1,0 +1,52 @@
+"""``GET /v1/models/{name}[/versions/{v}]/samples``: images from a generator, a PNG grid or JSON."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from service.errors import ServeError
+from service.predict import decode_and_infer
+from service.registry import Registry, ServedModel
+from service.responses import JSONResponse
+from service.routes.deps import RegistryDep
+from service.runtimes.image_generator import SampleRequest
+from service.schemas import ERROR_RESPONSES, SampleParameters
+
+router = APIRouter(tags=["generation"])
+SAMPLE_RESPONSES = {**ERROR_RESPONSES, 200: {"content": {"image/png": {}, "application/json": {}},
+                                             "description": "a PNG grid, or JSON with the seed and one PNG per image"}}
+
+
+async def _samples(request: Request, served: ServedModel, registry: Registry, params: SampleParameters) -> Response:
+    if served.task != "image-generation" or served.runtime is None:
+        raise ServeError(400, f"model {served.name} is not an image generator ({served.task or served.status})",
+                         "wrong_task")
+    runtime = served.runtime
+    if params.label is not None and (not runtime.conditional or params.label >= runtime.classes):
+        allowed = f"0 to {runtime.classes - 1}" if runtime.conditional else "none: the model is unconditional"
+        raise ServeError(400, f"label {params.label} is out of range; labels: {allowed}", "invalid_input")
+    seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
+    [samples] = await decode_and_infer(request, served, runtime.decode_request,
+                                       [SampleRequest(params.n, seed, params.label)], registry.timeout_s(served.name))
+    headers = {"X-Seed": str(seed)}
+    if params.format == "json":
+        return JSONResponse(runtime.as_json(samples), headers=headers)
+    return Response(runtime.png_grid(samples), media_type="image/png", headers=headers)
+
+
+@router.get("/v1/models/{name}/samples", summary="Images from a generator (PNG grid or JSON)",
+            responses=SAMPLE_RESPONSES)
+async def samples(name: str, request: Request, registry: RegistryDep,
+                  params: Annotated[SampleParameters, Query()]) -> Response:
+    return await _samples(request, registry.get(name), registry, params)
+
+
+@router.get("/v1/models/{name}/versions/{version}/samples", summary="Images from one generator version",
+            responses=SAMPLE_RESPONSES)
+async def samples_version(name: str, version: str, request: Request, registry: RegistryDep,
+                          params: Annotated[SampleParameters, Query()]) -> Response:
+    return await _samples(request, registry.get(name, version), registry, params)
