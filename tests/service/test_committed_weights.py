@@ -16,12 +16,14 @@ from service.main import create_app
 from service.settings import Settings
 from tests.conftest import REPO_ROOT, wait_ready
 from training.data import data_root, load_image_split, load_series, load_shakespeare, load_sst2
+from training.evaluation import auroc
 
 WEIGHTS = REPO_ROOT / "weights"
 TARGETS = {"mnist-cnn": ("mnist", 0.993), "fashion-cnn": ("fashion-mnist", 0.930)}
 TEXT_TARGETS = {"sst2-lstm": 0.82, "sst2-gru": 0.82, "sst2-transformer": 0.80, "sst2-minilm": 0.89}
 FORECASTER = "sunspots-lstm"
 LM_TARGETS = {"shakespeare-gpt": 1.60, "shakespeare-lstm": 1.70}
+ANOMALY = "mnist-autoencoder"
 pytestmark = pytest.mark.skipif(not (data_root() / "mnist").is_dir(), reason="shared datasets not present")
 
 
@@ -38,8 +40,8 @@ def png(image: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[TestClient]:
-    settings = Settings(weights_dir=WEIGHTS, device="cpu", models=[*TARGETS, *TEXT_TARGETS, FORECASTER, *LM_TARGETS],
-                        max_inputs_per_request=256)
+    served_models = [*TARGETS, *TEXT_TARGETS, FORECASTER, *LM_TARGETS, ANOMALY]
+    settings = Settings(weights_dir=WEIGHTS, device="cpu", models=served_models, max_inputs_per_request=256)
     with TestClient(create_app(settings)) as client:
         wait_ready(client, timeout=60)
         yield client
@@ -173,3 +175,28 @@ def test_generated_text_is_made_of_shakespeares_words(served: TestClient, name: 
     assert len(words) >= 40
     assert sum(word in known for word in words) / len(words) >= 0.75
     assert ":\n" in text  # a new speaker's name followed by a line break, as in the corpus
+
+
+def anomaly_scores(client: TestClient, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores, flags = [], []
+    for start in range(0, len(images), 250):
+        files = [("file", (f"{i}.png", png(image), "image/png")) for i, image in enumerate(images[start:start + 250])]
+        response = client.post(f"/v1/models/{ANOMALY}/predict", files=files)
+        assert response.status_code == 200, response.text
+        for item in response.json()["predictions"]:
+            scores.append(item["anomaly_score"])
+            flags.append(item["is_anomaly"])
+    return np.array(scores), np.array(flags)
+
+
+@pytest.mark.parametrize("limit", [pytest.param(500, id="500"), pytest.param(None, id="full", marks=pytest.mark.slow)])
+def test_anomaly_targets_through_the_api(served: TestClient, limit: int | None) -> None:
+    """MNIST test digits (normal) against Fashion-MNIST test images: AUROC >= 0.98, <= 5% / >= 90% flagged."""
+    normal, normal_flags = anomaly_scores(served, load_image_split("mnist", "test").images[:limit])
+    odd, odd_flags = anomaly_scores(served, load_image_split("fashion-mnist", "test").images[:limit])
+    area = auroc(normal, odd)
+    print(f"{ANOMALY}: AUROC {area:.4f}, normal flagged {normal_flags.mean():.4f}, "
+          f"anomalies flagged {odd_flags.mean():.4f} ({len(normal)} + {len(odd)} images through the API)")
+    assert area >= 0.98 and normal_flags.mean() <= 0.05 and odd_flags.mean() >= 0.90
+    if limit is None:
+        assert area == pytest.approx(latest_manifest(ANOMALY)["metrics"]["auroc"], abs=0.0005)
