@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import distributed as dist
 from torch import nn
 
+import models
 from models.device import resolve_device
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -122,7 +123,8 @@ class Checkpoint:
 
     def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        tied = models.tied_names(model)  # a tied weight is stored once; load_state_dict re-ties it
+        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in tied}
         opt_state = optimizer.state_dict()
         for index, per_param in opt_state["state"].items():
             for key, value in per_param.items():
@@ -137,7 +139,10 @@ class Checkpoint:
     def load(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         tensors = load_file(str(self.tensors_path))
         meta = json.loads(self.state_path.read_text())
-        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        missing, unexpected = model.load_state_dict(
+            {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=False)
+        if unexpected or set(missing) - models.tied_names(model):
+            raise ValueError(f"{self.tensors_path} does not fit the model ({missing[:3]}, {unexpected[:3]})")
         per_param: dict[int, dict[str, Any]] = {}
         for key, value in tensors.items():
             if key.startswith("optim."):

@@ -57,3 +57,13 @@ def test_torchrun_ddp(tmp_path: Path) -> None:
         cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "sst2-lstm" / "1" / "manifest.json").read_text())["trained"]["world_size"] == 2
+
+
+def test_language_model_checkpoint_with_tied_weights_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["shakespeare-gpt", "--out", str(tmp_path / "w"), "--checkpoint-dir", str(tmp_path / "ck"),
+            "--limit", "3000", "--threads", "1"]
+    main([*args, "--epochs", "250"])
+    main([*args, "--epochs", "500", "--max-minutes", "0.05"])
+    assert "resumed shakespeare-gpt at step 250" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "w" / "shakespeare-gpt" / "2" / "manifest.json").read_text())
+    assert manifest["task"] == "text-generation" and manifest["metrics"]["val_loss"] > 0
