@@ -25,7 +25,10 @@ from concurrent.futures import BrokenExecutor, Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from service.worker import LoopWorker, ModelUnavailable
+
 log = logging.getLogger("service.batcher")
+__all__ = ["BatchConfig", "BatchFailed", "Batcher", "DeadlineExceeded", "ModelUnavailable", "QueueFull", "WorkerFatal"]
 
 
 @dataclass(frozen=True)
@@ -46,10 +49,6 @@ class QueueFull(Exception):
 
 
 class DeadlineExceeded(Exception):
-    pass
-
-
-class ModelUnavailable(Exception):
     pass
 
 
@@ -116,12 +115,14 @@ def _is_fatal(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "CUDA error" in str(exc)
 
 
-class Batcher:
+class Batcher(LoopWorker):
     """Collects items from many requests into batches for ``run_batch(payloads) -> results``."""
+
+    kind = "batcher"
 
     def __init__(self, name: str, run_batch: Callable[[list[Any]], Sequence[Any]], config: BatchConfig,
                  executor: Executor, observer: BatchObserver | None = None) -> None:
-        self.name = name
+        super().__init__(name)
         self.config = config
         self._run_batch = run_batch
         self._executor = executor
@@ -131,29 +132,7 @@ class Batcher:
         self._running: asyncio.Future[Any] | None = None
         self._closed: list[_Item] = []  # a batch waiting for the running forward to finish
         self._incoming = 0  # announced inputs still being decoded
-        self._task: asyncio.Task[None] | None = None
-        self._dead_reason: str | None = None
         self._batch_seconds_ema = 0.0
-
-    # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher:{self.name}")
-            self._task.add_done_callback(self._on_loop_exit)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        self._die("the model is shutting down")
-
-    @property
-    def alive(self) -> bool:
-        return self._task is not None and self._dead_reason is None
-
-    @property
-    def dead_reason(self) -> str | None:
-        return self._dead_reason
 
     @property
     def depth(self) -> int:
@@ -255,7 +234,7 @@ class Batcher:
             else:
                 await self._changed.wait()
 
-    async def _loop(self) -> None:
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = self._closed = await self._next_batch()
@@ -326,21 +305,10 @@ class Batcher:
             if not item.future.done():
                 item.future.set_result(result)
 
-    def _die(self, reason: str, in_flight: list[_Item] | None = None) -> None:
-        if self._dead_reason is None:
-            self._dead_reason = reason
-        for item in [*(in_flight or []), *self._closed, *self._queue]:
+    def _fail_pending(self, error: BaseException, extra: list[Any] | None = None) -> None:
+        for item in [*(extra or []), *self._closed, *self._queue]:
             if not item.future.done():
-                item.future.set_exception(ModelUnavailable(reason))
+                item.future.set_exception(error)
         self._queue.clear()
         self._closed = []
         self._observer.queue_depth(0)
-        if self._task is not None and not self._task.done() and asyncio.current_task() is not self._task:
-            self._task.cancel()
-
-    def _on_loop_exit(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("model %s: batching task crashed", self.name, exc_info=task.exception())
-            self._die(f"batching task crashed: {task.exception()!r}")
-        elif self._dead_reason is None:
-            self._die("the batching task stopped")

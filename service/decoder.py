@@ -21,6 +21,7 @@ import torch
 
 from service.batcher import BatchObserver, DeadlineExceeded, ModelUnavailable, QueueFull
 from service.runtimes.language_model import LanguageModelRuntime, Sampling, sample
+from service.worker import LoopWorker
 
 log = logging.getLogger("service.decoder")
 
@@ -90,10 +91,12 @@ class Generation:
             self._loop.wake()
 
 
-class DecodeLoop:
+class DecodeLoop(LoopWorker):
+    kind = "decoder"
+
     def __init__(self, name: str, runtime: LanguageModelRuntime, executor: Executor, max_active: int,
                  max_queue: int, observer: BatchObserver | None = None) -> None:
-        self.name = name
+        super().__init__(name)
         self.runtime = runtime
         self.max_active = max_active
         self.max_queue = max_queue
@@ -103,27 +106,6 @@ class DecodeLoop:
         self._active: list[_Sequence] = []
         self._batch: Any = None
         self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._dead_reason: str | None = None
-
-    # -- lifecycle -----------------------------------------------------------------------------
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"decoder:{self.name}")
-        self._task.add_done_callback(self._on_exit)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        self._fail_all(ModelUnavailable("the model is shutting down"))
-
-    @property
-    def alive(self) -> bool:
-        return self._task is not None and self._dead_reason is None
-
-    @property
-    def dead_reason(self) -> str | None:
-        return self._dead_reason
 
     @property
     def depth(self) -> int:
@@ -166,9 +148,8 @@ class DecodeLoop:
             try:
                 tokens = await loop.run_in_executor(self._executor, self._iterate, keep, joining)
             except RuntimeError as exc:  # the executor is gone, or the device failed
-                self._dead_reason = f"decoding failed: {exc}"
-                log.error("model %s: %s", self.name, self._dead_reason)
-                self._fail_all(ModelUnavailable(self._dead_reason), extra=joining)
+                log.error("model %s: decoding failed: %s", self.name, exc)
+                self._die(f"decoding failed: {exc}", joining)
                 return
             self._active = [self._active[i] for i in keep] + joining
             if self._observer is not None and self._active:
@@ -234,17 +215,9 @@ class DecodeLoop:
             sequence.done = True
             sequence.events.put_nowait(DeadlineExceeded())
 
-    def _fail_all(self, error: BaseException, extra: list[_Sequence] | None = None) -> None:
+    def _fail_pending(self, error: BaseException, extra: list[Any] | None = None) -> None:
         for sequence in [*self._active, *self._waiting, *(extra or [])]:
             if not sequence.done:
                 sequence.done = True
                 sequence.events.put_nowait(error)
         self._active, self._waiting = [], deque()
-
-    def _on_exit(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self._dead_reason = f"decoding loop crashed: {task.exception()!r}"
-            log.error("model %s: %s", self.name, self._dead_reason, exc_info=task.exception())
-            self._fail_all(ModelUnavailable(self._dead_reason))
-        elif self._dead_reason is None:
-            self._dead_reason = "the decoding loop stopped"
