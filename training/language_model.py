@@ -93,20 +93,25 @@ def train(recipe_name: str, args: Any) -> Path | None:
     warmup = min(200, steps // 10)
 
     def lr_factor(step: int) -> float:
+        """Warm-up, then a cosine to 10% that follows whichever runs out first, the steps or the minutes,
+        so a run cut short by its time budget still ends with a small learning rate."""
         if step < warmup:
             return (step + 1) / warmup
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
+        by_steps = (step - warmup) / max(1, steps - warmup)
+        by_time = (time.time() - started) / budget if step > warmup else 0.0
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, max(by_steps, by_time))))
 
     checkpoint = common.Checkpoint(Path(args.checkpoint_dir) / recipe.name) if args.checkpoint_dir else None
     step, elapsed, best_loss, best_state = 0, 0.0, float("inf"), None
+    started, budget = time.time(), (args.max_minutes or recipe.minutes) * 60
     if checkpoint and checkpoint.exists():
         meta = checkpoint.load(module, optimizer)
         step, elapsed, best_loss = meta["step"], meta["seconds"], meta["best_loss"]
         print(f"resumed {recipe.name} at step {step} (best held-out loss {best_loss:.4f})")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor, last_epoch=step - 1)
-    generator = torch.Generator().manual_seed(args.seed + step)
     started = time.time() - elapsed
     budget = (args.max_minutes or recipe.minutes) * 60
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor, last_epoch=step - 1)
+    generator = torch.Generator().manual_seed(args.seed + step)
     bar = tqdm(total=steps, initial=step, desc=recipe.name)
     module.train()
     while step < steps and time.time() - started < budget:
