@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ TEXT_TARGETS = {"sst2-lstm": 0.82, "sst2-gru": 0.82, "sst2-transformer": 0.80, "
 FORECASTER = "sunspots-lstm"
 LM_TARGETS = {"shakespeare-gpt": 1.60, "shakespeare-lstm": 1.70}
 ANOMALY = "mnist-autoencoder"
+GENERATOR = "mnist-cgan"
 pytestmark = pytest.mark.skipif(not (data_root() / "mnist").is_dir(), reason="shared datasets not present")
 
 
@@ -40,7 +42,7 @@ def png(image: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[TestClient]:
-    served_models = [*TARGETS, *TEXT_TARGETS, FORECASTER, *LM_TARGETS, ANOMALY]
+    served_models = [*TARGETS, *TEXT_TARGETS, FORECASTER, *LM_TARGETS, ANOMALY, GENERATOR]
     settings = Settings(weights_dir=WEIGHTS, device="cpu", models=served_models, max_inputs_per_request=256)
     with TestClient(create_app(settings)) as client:
         wait_ready(client, timeout=60)
@@ -200,3 +202,21 @@ def test_anomaly_targets_through_the_api(served: TestClient, limit: int | None) 
     assert area >= 0.98 and normal_flags.mean() <= 0.05 and odd_flags.mean() >= 0.90
     if limit is None:
         assert area == pytest.approx(latest_manifest(ANOMALY)["metrics"]["auroc"], abs=0.0005)
+
+
+def test_generated_digits_are_the_requested_ones_judged_by_mnist_cnn_through_the_api(served: TestClient) -> None:
+    """50 samples of each digit from the samples endpoint, classified by the service's own mnist-cnn."""
+    agree = total = 0
+    for digit in range(10):
+        response = served.get(f"/v1/models/{GENERATOR}/samples?n=50&seed={digit}&label={digit}&format=json")
+        assert response.status_code == 200, response.text
+        pictures = [base64.b64decode(sample["png_b64"]) for sample in response.json()["samples"]]
+        files = [("file", (f"{i}.png", picture, "image/png")) for i, picture in enumerate(pictures)]
+        judged = served.post("/v1/models/mnist-cnn/predict", files=files).json()["predictions"]
+        agree += sum(item["label"] == str(digit) for item in judged)
+        total += len(judged)
+    print(f"{GENERATOR}: {agree}/{total} samples classified as the requested digit by mnist-cnn")
+    assert agree / total >= 0.90
+    grid = served.get(f"/v1/models/{GENERATOR}/samples?n=16&seed=3")
+    assert grid.headers["content-type"] == "image/png" and grid.content == served.get(
+        f"/v1/models/{GENERATOR}/samples?n=16&seed=3").content
