@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
 from torch import nn
 
 from models.artifact import ArtifactError, load_tensors, read_manifest, read_tokenizer_json, save_artifact
@@ -20,6 +21,7 @@ from models.gan import GANConfig, Generator
 from models.gpt import GPT, GPTConfig
 from models.resnet import ResNet, ResNetConfig
 from models.rnn import RNNClassifier, RNNConfig
+from models.text import plain
 from models.transformer import TransformerConfig, TransformerEncoder
 
 __all__ = ["ARCHITECTURES", "Architecture", "ArtifactError", "build", "config_to_dict", "load", "save_artifact"]
@@ -92,14 +94,8 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Modul
 
 def load_tokenizer(path: str | Path, manifest: dict[str, Any]) -> Any:
     """The artifact's tokenizer (``tokenizers.Tokenizer``, without padding/truncation), or None."""
-    from models.text import plain
-
     text = read_tokenizer_json(Path(path), manifest)
-    if text is None:
-        return None
-    from tokenizers import Tokenizer
-
-    return plain(Tokenizer.from_str(text))
+    return None if text is None else plain(Tokenizer.from_str(text))
 
 
 def tied_names(module: nn.Module) -> set[str]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
+from tokenizers import Tokenizer
 
 import models
 from models.text import plain
@@ -81,8 +82,6 @@ def run(args: Any) -> Path:
     tensors["position_embedding.weight"] = tensors["position_embedding.weight"][: config["max_len"]].clone()
     module = models.build("transformer", config)
     module.load_state_dict(tensors, strict=True)
-    from tokenizers import Tokenizer
-
     tokenizer = plain(Tokenizer.from_file(str(source / "tokenizer.json")))
     version, out_dir = common.next_version_dir(Path(args.out), "minilm")
     manifest = {

@@ -13,6 +13,7 @@ from starlette.requests import Request
 
 from service.errors import InputError, ServeError
 from service.runtimes.images import ACCEPTED_MEDIA_TYPES
+from service.schemas import KServeV1Request, PredictRequest
 
 JSON_TYPES = {"application/json", "text/json"}
 
@@ -92,8 +93,6 @@ async def read_json_inputs(request: Request, max_inputs: int,
     if not (kind in JSON_TYPES or kind.endswith("+json")):
         raise ServeError(415, f"unsupported media type {kind or '(none)'!r}: send application/json "
                          f'{{"{instances_key}": [...], "parameters": {{...}}}}')
-    from service.schemas import KServeV1Request, PredictRequest
-
     parsed = await read_json(request, PredictRequest if instances_key == "inputs" else KServeV1Request)
     items = getattr(parsed, instances_key)
     check_count(len(items), max_inputs)
