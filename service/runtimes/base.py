@@ -1,7 +1,9 @@
-"""What every runtime offers: decode+validate one input, forward a batch, encode one result.
+"""What runtimes offer: decode+validate one input, forward a batch, encode one result.
 
-``decode`` runs in a worker thread before queueing (so a bad input fails only its own request);
-``forward`` runs in the device's inference worker; ``encode`` is cheap and runs on the event loop.
+``decode_*`` runs before queueing, so a bad input fails only its own request (inline for small inputs,
+in a worker thread for large ones); ``forward`` runs in the device's inference worker; ``encode`` is
+cheap and runs on the event loop. Language models differ: the decoding loop drives their ``prefill``
+and ``step`` instead of ``forward`` (see service/decoder.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class DecodeLimits:
 
 
 class Runtime(Protocol):
+    """The part every request/response runtime shares (the registry and the batcher rely on it)."""
+
     task: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
