@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -76,12 +75,8 @@ def train(recipe_name: str, args: Any) -> Path | None:
         raise SystemExit("the language-model recipes run in one process")
     text = load_shakespeare()
     vocab = sorted(set(text))
-    encoded = torch.tensor([vocab.index(c) for c in text] if len(text) < 1000 else
-                           np.frombuffer(text.encode("ascii"), dtype=np.uint8).astype(np.int64), dtype=torch.long)
-    if len(text) >= 1000:  # map bytes to vocabulary indices (the corpus is plain ASCII)
-        table = torch.zeros(256, dtype=torch.long)
-        table[torch.tensor([ord(c) for c in vocab])] = torch.arange(len(vocab))
-        encoded = table[encoded]
+    index = {char: i for i, char in enumerate(vocab)}
+    encoded = torch.tensor([index[char] for char in text], dtype=torch.long)
     split = int(len(encoded) * 0.9)
     train_data, held_out = encoded[:split], encoded[split:]
     if args.limit:
