@@ -90,8 +90,8 @@ async def decode_and_infer(request: Request, served: ServedModel, decode: Callab
 
 async def infer(request: Request, served: ServedModel, payloads: list[Any], timeout_s: float,
                 announcement: Announcement | None = None) -> list[Any]:
-    """Queue decoded payloads on the model's batcher and return their results in order."""
-    require_ready(served)
+    """Queue decoded payloads on the model's batcher (readiness checked by the caller) and return
+    their results in order."""
     assert served.batcher is not None
     deadline = arrival_time(request) + timeout_s
     try:

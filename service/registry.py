@@ -114,21 +114,19 @@ class Registry:
         return self.loading_done and all(served.ready for served in self.all())
 
     # -- lifecycle ---------------------------------------------------------------------------
+    def _setting(self, name: str, field_name: str) -> Any:
+        """A model's override of a ``SERVE_*`` setting, else the global value."""
+        override = self.settings.model_overrides.get(name)
+        value = getattr(override, field_name, None) if override else None
+        return getattr(self.settings, field_name) if value is None else value
+
     def batch_config(self, name: str) -> BatchConfig:
-        s = self.settings
-        override = s.model_overrides.get(name)
-
-        def pick(field_name: str) -> Any:
-            value = getattr(override, field_name, None) if override else None
-            return getattr(s, field_name) if value is None else value
-
-        return BatchConfig(max_batch_size=pick("max_batch_size"), max_delay_s=pick("max_delay_ms") / 1000,
-                           max_queue=pick("max_queue"))
+        return BatchConfig(max_batch_size=self._setting(name, "max_batch_size"),
+                           max_delay_s=self._setting(name, "max_delay_ms") / 1000,
+                           max_queue=self._setting(name, "max_queue"))
 
     def timeout_s(self, name: str) -> float:
-        override = self.settings.model_overrides.get(name)
-        timeout_ms = override.timeout_ms if override and override.timeout_ms else self.settings.timeout_ms
-        return timeout_ms / 1000
+        return float(self._setting(name, "timeout_ms")) / 1000
 
     def _load_one(self, served: ServedModel) -> None:
         """Runs in the inference worker: build, verify hash, load, move to the device, warm up."""
