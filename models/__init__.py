@@ -16,6 +16,7 @@ from models.artifact import ArtifactError, load_tensors, read_manifest, read_tok
 from models.autoencoder import AutoencoderConfig, ConvAutoencoder
 from models.char_lstm import CharLSTM, CharLSTMConfig
 from models.cnn import CNN, CNNConfig
+from models.diffusion import DiffusionConfig, UNet
 from models.forecaster import ForecasterConfig, LSTMForecaster
 from models.gan import GANConfig, Generator
 from models.gpt import GPT, GPTConfig
@@ -37,6 +38,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "char-lstm": Architecture(CharLSTMConfig, CharLSTM),
     "conv-autoencoder": Architecture(AutoencoderConfig, ConvAutoencoder),
     "dcgan-generator": Architecture(GANConfig, Generator),
+    "ddpm-unet": Architecture(DiffusionConfig, UNet),
     "cnn": Architecture(CNNConfig, CNN),
     "gpt": Architecture(GPTConfig, GPT),
     "lstm-forecaster": Architecture(ForecasterConfig, LSTMForecaster),

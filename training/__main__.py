@@ -10,7 +10,16 @@ import os
 
 import torch
 
-from training import autoencoder, forecaster, gan, image_classifier, import_minilm, language_model, text_classifier
+from training import (
+    autoencoder,
+    diffusion,
+    forecaster,
+    gan,
+    image_classifier,
+    import_minilm,
+    language_model,
+    text_classifier,
+)
 
 RECIPES = {name: image_classifier.train for name in image_classifier.RECIPES}
 RECIPES |= {name: text_classifier.train for name in text_classifier.RECIPES}
@@ -18,6 +27,7 @@ RECIPES["import-minilm"] = lambda _name, args: import_minilm.run(args)
 RECIPES[forecaster.NAME] = forecaster.train
 RECIPES[autoencoder.NAME] = autoencoder.train
 RECIPES[gan.NAME] = gan.train
+RECIPES[diffusion.NAME] = diffusion.train
 RECIPES |= {name: language_model.train for name in language_model.RECIPES}
 
 
