@@ -69,6 +69,8 @@ class SelfAttention(nn.Module):
 
 
 class UNet(nn.Module):
+    alpha_bar: torch.Tensor  # [T] the cumulative product of (1 - beta): the signal kept at each timestep
+
     def __init__(self, config: DiffusionConfig) -> None:
         super().__init__()
         self.config = config
@@ -118,8 +120,10 @@ class UNet(nn.Module):
 
 
 def ddim_timesteps(total: int, steps: int) -> list[int]:
-    """``steps`` timesteps evenly spaced over [0, total), descending (the last one is 0)."""
-    return sorted({round(i * (total - 1) / max(1, steps - 1)) for i in range(steps)}, reverse=True)
+    """``steps`` (1 to ``total``) timesteps evenly spaced from total - 1 down to 0; one step starts at total - 1."""
+    if steps == 1:
+        return [total - 1]
+    return sorted({round(i * (total - 1) / (steps - 1)) for i in range(steps)}, reverse=True)
 
 
 def ddim_step(model: UNet, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,8 @@ from typing import Any, Protocol
 from service.worker import LoopWorker, ModelUnavailable
 
 log = logging.getLogger("service.batcher")
-__all__ = ["BatchConfig", "BatchFailed", "Batcher", "DeadlineExceeded", "ModelUnavailable", "QueueFull", "WorkerFatal"]
+__all__ = ["BatchConfig", "BatchFailed", "Batcher", "DeadlineExceeded", "ModelUnavailable", "QueueFull", "WorkerFatal",
+           "is_fatal"]
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class _Item:
     enqueued: float
 
 
-def _is_fatal(exc: BaseException) -> bool:
+def is_fatal(exc: BaseException) -> bool:
     if isinstance(exc, BrokenExecutor | WorkerFatal):
         return True
     # CUDA errors are sticky: after one, every later kernel launch on that context fails too.
@@ -284,7 +285,7 @@ class Batcher(LoopWorker):
         self._changed.set()
         exc = forward.exception() if not forward.cancelled() else asyncio.CancelledError()
         if exc is not None:
-            if _is_fatal(exc):
+            if is_fatal(exc):
                 log.error("model %s: inference worker died: %r", self.name, exc)
                 self._die(f"inference worker died: {exc}", items)
                 return

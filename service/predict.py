@@ -4,8 +4,9 @@ request's deadline, watch for the client leaving, and turn batcher outcomes into
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
@@ -14,6 +15,7 @@ from starlette.requests import Request
 from service.batcher import Announcement, BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull
 from service.errors import ServeError
 from service.registry import ServedModel
+from service.runtimes.image_generator import SampleRequest, Samples
 
 T = TypeVar("T")
 
@@ -94,12 +96,27 @@ async def infer(request: Request, served: ServedModel, payloads: list[Any], time
     their results in order."""
     assert served.batcher is not None
     deadline = arrival_time(request) + timeout_s
-    try:
+    with worker_errors(served, timeout_s, served.batcher.config.max_queue):
         return await until_disconnect(request, served.batcher.submit(payloads, deadline, announcement))
+
+
+async def denoise(request: Request, served: ServedModel, sample: SampleRequest, timeout_s: float) -> Samples:
+    """Sample on the model's denoising loop, dropped between steps if the client leaves or time runs out."""
+    require_ready(served)
+    assert served.denoiser is not None
+    deadline = arrival_time(request) + timeout_s
+    with worker_errors(served, timeout_s, served.denoiser.max_queue):
+        return await until_disconnect(request, served.denoiser.submit(sample, deadline))
+
+
+@contextlib.contextmanager
+def worker_errors(served: ServedModel, timeout_s: float, max_queue: int) -> Iterator[None]:
+    """A worker's outcomes as HTTP errors of the one error shape."""
+    try:
+        yield
     except QueueFull as exc:
-        raise ServeError(503, f"model {served.name} is at capacity ({served.batcher.config.max_queue} "
-                         "inputs queued); retry later", "queue_full",
-                         headers={"Retry-After": str(exc.retry_after_s)}) from None
+        raise ServeError(503, f"model {served.name} is at capacity ({max_queue} inputs queued); retry later",
+                         "queue_full", headers={"Retry-After": str(exc.retry_after_s)}) from None
     except DeadlineExceeded:
         raise ServeError(504, f"the request's deadline of {timeout_s * 1000:.0f} ms passed before its "
                          "inference finished") from None

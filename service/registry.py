@@ -16,9 +16,10 @@ import models
 from models.device import resolve_device
 from service.batcher import BatchConfig, Batcher
 from service.decoder import DecodeLoop
+from service.denoiser import DenoiseLoop
 from service.errors import ServeError
 from service.metrics import Metrics
-from service.runtimes import RUNTIMES, DecodeLimits, resolve_dtype
+from service.runtimes import DecodeLimits, DiffusionRuntime, resolve_dtype, runtime_class
 from service.settings import Settings
 
 log = logging.getLogger("service.registry")
@@ -26,7 +27,7 @@ log = logging.getLogger("service.registry")
 
 @dataclass
 class ServedModel:
-    """One loaded model version: its manifest, runtime and batcher."""
+    """One loaded model version: its manifest, runtime and the one worker that feeds it."""
 
     name: str
     version: int
@@ -35,6 +36,7 @@ class ServedModel:
     runtime: Any = None
     batcher: Batcher | None = None  # request/response models
     decoder: DecodeLoop | None = None  # language models: continuous batching of decoding steps
+    denoiser: DenoiseLoop | None = None  # diffusion models: continuous batching of denoising steps
     device: str = ""
     dtype: str = ""
     warmed: bool = False
@@ -46,8 +48,8 @@ class ServedModel:
         return str(self.manifest.get("task", ""))
 
     @property
-    def worker(self) -> Batcher | DecodeLoop | None:
-        return self.decoder if self.decoder is not None else self.batcher
+    def worker(self) -> Batcher | DecodeLoop | DenoiseLoop | None:
+        return self.decoder or self.denoiser or self.batcher
 
     @property
     def ready(self) -> bool:
@@ -131,11 +133,11 @@ class Registry:
     def _load_one(self, served: ServedModel) -> None:
         """Runs in the inference worker: build, verify hash, load, move to the device, warm up."""
         module, manifest = models.load(served.path, device="cpu")
-        runtime_class = RUNTIMES.get(manifest["task"])
-        if runtime_class is None:
+        runtime = runtime_class(manifest)
+        if runtime is None:
             raise RuntimeError(f"no runtime for task {manifest['task']!r}")
         served.manifest = manifest
-        served.runtime = runtime_class(module, manifest, self.device, self.dtype,
+        served.runtime = runtime(module, manifest, self.device, self.dtype,
                                        DecodeLimits(self.settings.max_image_pixels),
                                        tokenizer=models.load_tokenizer(served.path, manifest))
         served.runtime.warmup(self.batch_config(served.name).max_batch_size)
@@ -160,6 +162,11 @@ class Registry:
                 served.decoder = DecodeLoop(label, served.runtime, self.executor, config.max_batch_size,
                                             config.max_queue, observer)
                 served.decoder.start()
+            elif isinstance(served.runtime, DiffusionRuntime):
+                # max_batch_size rows per forward; up to two forwards' worth (or one n=64 request) per step
+                served.denoiser = DenoiseLoop(label, served.runtime, self.executor,
+                                              max(2 * config.max_batch_size, 64), config.max_queue, observer)
+                served.denoiser.start()
             else:
                 served.batcher = Batcher(label, served.runtime.forward, config, self.executor, observer)
                 served.batcher.start()

@@ -31,6 +31,8 @@ class SampleParameters(BaseModel):
     label: int | None = Field(default=None, ge=0, description="the class to draw (conditional models); "
                               "default: random classes")
     format: Literal["png", "json"] = Field(default="png", description="a PNG grid, or JSON with one PNG per image")
+    steps: int | None = Field(default=None, ge=1, description="diffusion models: denoising (DDIM) steps, fewer is "
+                              "faster; default and bounds: the model's metadata")
 
 
 class TextParameters(BaseModel):

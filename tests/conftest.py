@@ -133,6 +133,19 @@ def make_generator_artifact(root: Path, name: str = "tiny-cgan") -> Path:
     return models.save_artifact(module.eval(), manifest, root / name / "1")
 
 
+def make_diffusion_artifact(root: Path, name: str = "tiny-ddpm") -> Path:
+    torch.manual_seed(0)
+    module = models.build("ddpm-unet", {"channels": [8, 8, 8], "time_dim": 16, "groups": 4})
+    manifest = {
+        "name": name, "version": 1, "task": "image-generation", "architecture": "ddpm-unet",
+        "config": models.config_to_dict(module.config), "labels": None, "conditional": False,
+        "sampling": {"sampler": "ddim", "default_steps": 6, "max_steps": 1000},
+        "preprocessing": {"output": "pixels"}, "dataset": {"name": "random"}, "metrics": {"confident_share": 0.1},
+        "trained": {"steps": 0, "seconds": 0, "device": "cpu", "git_commit": None, "seed": 0},
+    }
+    return models.save_artifact(module.eval(), manifest, root / name / "1")
+
+
 @pytest.fixture
 def weights_dir(tmp_path: Path) -> Path:
     root = tmp_path / "weights"
@@ -146,6 +159,7 @@ def weights_dir(tmp_path: Path) -> Path:
         make_lm_artifact(root, name, seed)
     make_autoencoder_artifact(root)
     make_generator_artifact(root)
+    make_diffusion_artifact(root)
     return root
 
 

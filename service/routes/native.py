@@ -52,6 +52,24 @@ def model_summary(registry: Registry, name: str) -> dict[str, Any]:
     }
 
 
+def parameters_of(served: ServedModel) -> dict[str, Any]:
+    """Each request parameter with its JSON schema plus ``default``, ``min`` and ``max`` for this model."""
+    properties = PARAMETERS.get(served.task, TextParameters).model_json_schema()["properties"]
+    steps = getattr(served.runtime, "steps", None)
+    if served.task == "image-generation":
+        if steps is None:
+            properties.pop("steps", None)  # a GAN draws in one forward
+        else:
+            properties["steps"] |= {"type": "integer", "default": steps.default, "minimum": steps.min,
+                                    "maximum": steps.max}
+    for schema in properties.values():
+        if "minimum" in schema:
+            schema["min"] = schema["minimum"]
+        if "maximum" in schema:
+            schema["max"] = schema["maximum"]
+    return dict(properties)
+
+
 def model_detail(served: ServedModel, registry: Registry) -> dict[str, Any]:
     manifest, runtime = served.manifest, served.runtime
     config = registry.batch_config(served.name)
@@ -61,7 +79,7 @@ def model_detail(served: ServedModel, registry: Registry) -> dict[str, Any]:
         "architecture": manifest.get("architecture"), "labels": manifest.get("labels"),
         "inputs": [spec.as_dict() for spec in runtime.inputs] if runtime else [],
         "outputs": [spec.as_dict() for spec in runtime.outputs] if runtime else [],
-        "parameters": PARAMETERS.get(served.task, TextParameters).model_json_schema()["properties"],
+        "parameters": parameters_of(served),
         "max_tokens": getattr(runtime, "max_tokens", None),
         "context": getattr(runtime, "context", None),
         "conditional": manifest.get("conditional"),

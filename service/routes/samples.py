@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from service.errors import ServeError
-from service.predict import decode_and_infer
+from service.predict import decode_and_infer, denoise
 from service.registry import Registry, ServedModel
 from service.responses import JSONResponse
 from service.routes.deps import RegistryDep
@@ -29,9 +29,17 @@ async def _samples(request: Request, served: ServedModel, registry: Registry, pa
     if params.label is not None and (not runtime.conditional or params.label >= runtime.classes):
         allowed = f"0 to {runtime.classes - 1}" if runtime.conditional else "none: the model is unconditional"
         raise ServeError(400, f"label {params.label} is out of range; labels: {allowed}", "invalid_input")
+    bounds = runtime.steps
+    if params.steps is not None and (bounds is None or not bounds.min <= params.steps <= bounds.max):
+        allowed = f"{bounds.min} to {bounds.max}" if bounds else "none: the model draws in one forward"
+        raise ServeError(400, f"steps {params.steps} is out of range; steps: {allowed}", "invalid_input")
     seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
-    [samples] = await decode_and_infer(request, served, runtime.decode_request,
-                                       [SampleRequest(params.n, seed, params.label)], registry.timeout_s(served.name))
+    sample_request = SampleRequest(params.n, seed, params.label, params.steps)
+    if served.denoiser is not None:
+        samples = await denoise(request, served, sample_request, registry.timeout_s(served.name))
+    else:
+        [samples] = await decode_and_infer(request, served, runtime.decode_request, [sample_request],
+                                           registry.timeout_s(served.name))
     headers = {"X-Seed": str(seed)}
     if params.format == "json":
         return JSONResponse(runtime.as_json(samples), headers=headers)

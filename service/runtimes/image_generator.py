@@ -1,7 +1,9 @@
-"""Runtime for image generators: (n, seed, label) -> n images, the same bytes for the same seed.
+"""Runtimes for image generators: (n, seed, label, steps) -> n images, the same bytes for the same seed.
 
-Each request's noise comes from its own seeded generator and runs as its own forward inside the
-batch, so neither its noise nor its arithmetic depends on what else was batched with it.
+A GAN draws in one forward: each request's noise comes from its own seeded generator and runs as its
+own forward inside the batch. A diffusion model denoises in many steps, which the denoising loop
+(service/denoiser.py) batches across requests; its runtime pads every forward to the same number of
+rows, so that neither a request's noise nor its arithmetic depends on what else was batched with it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.diffusion import UNet, ddim_step, ddim_timesteps
 from models.imaging import grid, png_bytes
 from service.runtimes.base import DecodeLimits, TensorSpec
 
@@ -24,28 +27,51 @@ class SampleRequest:
     n: int
     seed: int
     label: int | None
+    steps: int | None = None  # diffusion models: DDIM steps (None: the model's default)
 
 
 @dataclass(frozen=True)
 class Samples:
     seed: int
     images: np.ndarray  # [n, H, W] in [0, 1]
-    labels: list[int]
+    labels: list[int | None]  # None: an unconditional model
 
 
-class ImageGeneratorRuntime:
-    task = "image-generation"
+class _ImageOutputs:
+    """What every generator shares: its labels, and its answers as a PNG grid or JSON."""
 
-    def __init__(self, module: nn.Module, manifest: dict[str, Any], device: torch.device, dtype: torch.dtype,
-                 limits: DecodeLimits, tokenizer: Any = None) -> None:
+    def __init__(self, module: nn.Module, manifest: dict[str, Any], device: torch.device) -> None:
         self.module = module.to(device=device, dtype=torch.float32)  # exact bytes per seed: no half precision
         self.device = device
         self.labels: list[str] | None = manifest.get("labels")
         self.conditional = bool(manifest.get("conditional", False))
-        self.latent = int(manifest["config"]["latent"])
         self.classes = int(manifest["config"].get("num_classes", 0))
         self.inputs = [TensorSpec("seed", "INT64", [1])]
         self.outputs = [TensorSpec("images", "FP32", [-1, 1, 28, 28])]
+
+    def label_name(self, label: int) -> str:
+        return self.labels[label] if self.labels else str(label)
+
+    def png_grid(self, samples: Samples) -> bytes:
+        return png_bytes(grid(samples.images))
+
+    def as_json(self, samples: Samples) -> dict[str, Any]:
+        return {"seed": samples.seed, "samples": [
+            {"label": self.label_name(label) if label is not None else None,
+             "png_b64": base64.b64encode(png_bytes(image)).decode()}
+            for image, label in zip(samples.images, samples.labels, strict=True)]}
+
+
+class ImageGeneratorRuntime(_ImageOutputs):
+    """A GAN generator: noise (and a label) -> images in one forward per request."""
+
+    task = "image-generation"
+    steps = None  # one forward: no sampling steps to choose
+
+    def __init__(self, module: nn.Module, manifest: dict[str, Any], device: torch.device, dtype: torch.dtype,
+                 limits: DecodeLimits, tokenizer: Any = None) -> None:
+        super().__init__(module, manifest, device)
+        self.latent = int(manifest["config"]["latent"])
 
     def decode_request(self, request: SampleRequest, index: int) -> SampleRequest:
         return request  # validated by the route's parameter schema
@@ -61,19 +87,76 @@ class ImageGeneratorRuntime:
             else:
                 labels = torch.randint(0, max(1, self.classes), (request.n,), generator=rng)
             images = self.module(noise.to(self.device), labels.to(self.device))  # [n, 1, 28, 28]
-            results.append(Samples(request.seed, images[:, 0].float().cpu().numpy(), labels.tolist()))
+            results.append(Samples(request.seed, images[:, 0].float().cpu().numpy(), list(labels.tolist())))
         return results
 
     def warmup(self, max_batch_size: int) -> None:
         self.forward([SampleRequest(16, 0, None)])
 
-    def label_name(self, label: int) -> str:
-        return self.labels[label] if self.labels else str(label)
 
-    def png_grid(self, samples: Samples) -> bytes:
-        return png_bytes(grid(samples.images))
+@dataclass(frozen=True)
+class StepBounds:
+    default: int
+    min: int
+    max: int
 
-    def as_json(self, samples: Samples) -> dict[str, Any]:
-        return {"seed": samples.seed, "samples": [
-            {"label": self.label_name(label), "png_b64": base64.b64encode(png_bytes(image)).decode()}
-            for image, label in zip(samples.images, samples.labels, strict=True)]}
+
+class DiffusionRuntime(_ImageOutputs):
+    """A denoising diffusion model (unconditional): noise -> images in ``steps`` DDIM updates.
+
+    The denoising loop owns the schedule of each request; this runtime draws the noise, runs one update
+    for any rows at any timesteps, and turns the result into pixels. Every forward has exactly
+    ``rows_per_forward`` rows (padded with zeros): the same shapes run the same kernels, so a row's
+    arithmetic does not depend on how many other rows share its step.
+    """
+
+    task = "image-generation"
+
+    def __init__(self, module: nn.Module, manifest: dict[str, Any], device: torch.device, dtype: torch.dtype,
+                 limits: DecodeLimits, tokenizer: Any = None) -> None:
+        super().__init__(module, manifest, device)
+        assert isinstance(self.module, UNet)
+        self.unet: UNet = self.module
+        sampling = manifest.get("sampling", {})
+        self.steps = StepBounds(int(sampling.get("default_steps", 50)), 1,
+                                int(sampling.get("max_steps", self.unet.config.timesteps)))
+        self.rows_per_forward = 16  # set by the registry from the model's max_batch_size
+
+    def schedule(self, request: SampleRequest) -> list[int]:
+        """The request's timesteps, descending; the last update goes from the last one to the clean image."""
+        return ddim_timesteps(self.unet.config.timesteps, request.steps or self.steps.default)
+
+    def noise(self, request: SampleRequest) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(request.seed)
+        return torch.randn(request.n, 1, 28, 28, generator=generator).to(self.device)  # [n, 1, 28, 28]
+
+    @torch.inference_mode()
+    def step(self, x: torch.Tensor, t: list[int], t_next: list[int]) -> torch.Tensor:
+        """One DDIM update of every row of x [R, 1, 28, 28] from t[r] to t_next[r] (-1: the clean image)."""
+        rows, chunk = len(x), self.rows_per_forward
+        padded = -(-rows // chunk) * chunk
+        x = torch.cat([x, x.new_zeros(padded - rows, *x.shape[1:])])
+        t_all = torch.tensor(t + [0] * (padded - rows), device=self.device)
+        t_next_all = torch.tensor(t_next + [-1] * (padded - rows), device=self.device)
+        parts = [ddim_step(self.unet, x[i:i + chunk], t_all[i:i + chunk], t_next_all[i:i + chunk])
+                 for i in range(0, padded, chunk)]
+        return torch.cat(parts)[:rows]
+
+    @staticmethod
+    def pixels(x: torch.Tensor) -> np.ndarray:
+        """Denoised rows [n, 1, 28, 28] in [-1, 1] -> [n, 28, 28] in [0, 1]."""
+        return ((x[:, 0].clamp(-1, 1) + 1) / 2).float().cpu().numpy()
+
+    def forward(self, payloads: list[SampleRequest]) -> Sequence[Samples]:
+        """Sample each request start to finish on its own (warm-up and tests; serving uses the loop)."""
+        results = []
+        for request in payloads:
+            x, schedule = self.noise(request), self.schedule(request)
+            for t, t_next in zip(schedule, [*schedule[1:], -1], strict=True):
+                x = self.step(x, [t] * len(x), [t_next] * len(x))
+            results.append(Samples(request.seed, self.pixels(x), [None] * request.n))
+        return results
+
+    def warmup(self, max_batch_size: int) -> None:
+        self.rows_per_forward = max_batch_size
+        self.forward([SampleRequest(1, 0, None, steps=2)])

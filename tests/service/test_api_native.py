@@ -43,7 +43,8 @@ def test_health_and_listing(client: TestClient) -> None:
     assert listing["object"] == "list"
     by_id = {entry["id"]: entry for entry in listing["data"]}
     assert set(by_id) == {"tiny-cnn", "tiny-resnet", "tiny-lstm", "tiny-gru", "tiny-transformer", "tiny-embedder",
-                          "tiny-forecaster", "tiny-gpt", "tiny-char-lstm", "tiny-autoencoder", "tiny-cgan"}
+                          "tiny-forecaster", "tiny-gpt", "tiny-char-lstm", "tiny-autoencoder", "tiny-cgan",
+                          "tiny-ddpm"}
     assert by_id["tiny-cnn"]["versions"] == [1, 2] and by_id["tiny-cnn"]["version"] == 2
     assert all(entry["object"] == "model" and entry["ready"] for entry in by_id.values())
 
