@@ -57,7 +57,7 @@ def start(request: Request, served: ServedModel, registry: Registry, settings: S
     generation_request = GenerationRequest(
         prompt_ids=served.runtime.encode_prompt(params.prompt), max_tokens=params.max_tokens,
         sampling=Sampling(params.temperature, params.top_k, params.top_p), seed=params.seed, stop=params.stop,
-        deadline=arrival_time(request) + registry.timeout_s(served.name))
+        deadline=arrival_time(request) + registry.timeout_s(served))
     try:
         return served.decoder.submit(generation_request)
     except QueueFull:

@@ -20,7 +20,7 @@ from service.denoiser import DenoiseLoop
 from service.errors import ServeError
 from service.metrics import Metrics
 from service.runtimes import DecodeLimits, DiffusionRuntime, resolve_dtype, runtime_class
-from service.settings import Settings
+from service.settings import BatchingOverride, Settings
 
 log = logging.getLogger("service.registry")
 
@@ -35,6 +35,7 @@ class ServedModel:
     manifest: dict[str, Any]
     runtime: Any = None
     batcher: Batcher | None = None  # request/response models
+    serving_defaults: BatchingOverride | None = None  # the manifest's "serving": the model's own defaults
     decoder: DecodeLoop | None = None  # language models: continuous batching of decoding steps
     denoiser: DenoiseLoop | None = None  # diffusion models: continuous batching of denoising steps
     device: str = ""
@@ -116,19 +117,23 @@ class Registry:
         return self.loading_done and all(served.ready for served in self.all())
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def _setting(self, name: str, field_name: str) -> Any:
-        """A model's override of a ``SERVE_*`` setting, else the global value."""
-        override = self.settings.model_overrides.get(name)
-        value = getattr(override, field_name, None) if override else None
-        return getattr(self.settings, field_name) if value is None else value
+    def _setting(self, served: ServedModel, field_name: str) -> Any:
+        """A serving setting of one model version: the operator's per-model override
+        (``SERVE_MODEL_OVERRIDES``), else the model's own default (its manifest's ``serving``), else the
+        global ``SERVE_*`` value."""
+        for source in (self.settings.model_overrides.get(served.name), served.serving_defaults):
+            value = getattr(source, field_name, None) if source else None
+            if value is not None:
+                return value
+        return getattr(self.settings, field_name)
 
-    def batch_config(self, name: str) -> BatchConfig:
-        return BatchConfig(max_batch_size=self._setting(name, "max_batch_size"),
-                           max_delay_s=self._setting(name, "max_delay_ms") / 1000,
-                           max_queue=self._setting(name, "max_queue"))
+    def batch_config(self, served: ServedModel) -> BatchConfig:
+        return BatchConfig(max_batch_size=self._setting(served, "max_batch_size"),
+                           max_delay_s=self._setting(served, "max_delay_ms") / 1000,
+                           max_queue=self._setting(served, "max_queue"))
 
-    def timeout_s(self, name: str) -> float:
-        return float(self._setting(name, "timeout_ms")) / 1000
+    def timeout_s(self, served: ServedModel) -> float:
+        return float(self._setting(served, "timeout_ms")) / 1000
 
     def _load_one(self, served: ServedModel) -> None:
         """Runs in the inference worker: build, verify hash, load, move to the device, warm up."""
@@ -137,10 +142,11 @@ class Registry:
         if runtime is None:
             raise RuntimeError(f"no runtime for task {manifest['task']!r}")
         served.manifest = manifest
+        served.serving_defaults = BatchingOverride.model_validate(manifest.get("serving") or {})
         served.runtime = runtime(module, manifest, self.device, self.dtype,
                                        DecodeLimits(self.settings.max_image_pixels),
                                        tokenizer=models.load_tokenizer(served.path, manifest))
-        served.runtime.warmup(self.batch_config(served.name).max_batch_size)
+        served.runtime.warmup(self.batch_config(served).max_batch_size)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         served.device, served.dtype = str(self.device), str(self.dtype).removeprefix("torch.")
@@ -156,7 +162,7 @@ class Registry:
                 served.error = str(exc)
                 log.error("model %s v%d failed to load: %s", served.name, served.version, exc)
                 continue
-            config, observer = self.batch_config(served.name), self.metrics.observer(served.name, served.version)
+            config, observer = self.batch_config(served), self.metrics.observer(served.name, served.version)
             label = f"{served.name}/{served.version}"
             if served.task == "text-generation":
                 served.decoder = DecodeLoop(label, served.runtime, self.executor, config.max_batch_size,

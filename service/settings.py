@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -14,6 +14,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 class BatchingOverride(BaseModel):
     """Per-model batching settings; unset fields fall back to the global ``SERVE_*`` values."""
+
+    model_config = ConfigDict(extra="forbid")
 
     max_batch_size: int | None = Field(default=None, ge=1, le=4096)
     max_delay_ms: float | None = Field(default=None, ge=0, le=10_000)

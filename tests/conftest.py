@@ -133,13 +133,14 @@ def make_generator_artifact(root: Path, name: str = "tiny-cgan") -> Path:
     return models.save_artifact(module.eval(), manifest, root / name / "1")
 
 
-def make_diffusion_artifact(root: Path, name: str = "tiny-ddpm") -> Path:
+def make_diffusion_artifact(root: Path, name: str = "tiny-ddpm", serving: dict[str, Any] | None = None) -> Path:
     torch.manual_seed(0)
     module = models.build("ddpm-unet", {"channels": [8, 8, 8], "time_dim": 16, "groups": 4})
     manifest = {
         "name": name, "version": 1, "task": "image-generation", "architecture": "ddpm-unet",
         "config": models.config_to_dict(module.config), "labels": None, "conditional": False,
         "sampling": {"sampler": "ddim", "default_steps": 6, "max_steps": 1000},
+        "serving": serving if serving is not None else {"max_batch_size": 4, "timeout_ms": 20_000},
         "preprocessing": {"output": "pixels"}, "dataset": {"name": "random"}, "metrics": {"confident_share": 0.1},
         "trained": {"steps": 0, "seconds": 0, "device": "cpu", "git_commit": None, "seed": 0},
     }

@@ -72,7 +72,7 @@ def parameters_of(served: ServedModel) -> dict[str, Any]:
 
 def model_detail(served: ServedModel, registry: Registry) -> dict[str, Any]:
     manifest, runtime = served.manifest, served.runtime
-    config = registry.batch_config(served.name)
+    config = registry.batch_config(served)
     return {
         "name": served.name, "version": served.version, "versions": sorted(registry.models[served.name]),
         "ready": served.ready, "status": served.status, "task": served.task or None,
@@ -85,7 +85,7 @@ def model_detail(served: ServedModel, registry: Registry) -> dict[str, Any]:
         "conditional": manifest.get("conditional"),
         "device": served.device or None, "dtype": served.dtype or None,
         "batching": {"max_batch_size": config.max_batch_size, "max_delay_ms": config.max_delay_s * 1000,
-                     "max_queue": config.max_queue, "timeout_ms": registry.timeout_s(served.name) * 1000},
+                     "max_queue": config.max_queue, "timeout_ms": registry.timeout_s(served) * 1000},
         "metrics": manifest.get("metrics", {}), "dataset": manifest.get("dataset"),
         "trained": manifest.get("trained"), "sha256": manifest.get("sha256"),
     }
@@ -126,7 +126,7 @@ PARAMETERS: dict[str, type[BaseModel]] = {"image-classification": ImageParameter
 async def predict_items(request: Request, served: ServedModel, registry: Registry, settings: Settings,
                         instances_key: str = "inputs") -> list[dict[str, Any]]:
     """Shared by the native and KServe V1 routes: read the body for the model's task, decode, batch, encode."""
-    runtime, timeout_s = served.runtime, registry.timeout_s(served.name)
+    runtime, timeout_s = served.runtime, registry.timeout_s(served)
     if runtime is None:
         raise ServeError(503, f"model {served.name} v{served.version} is not loaded ({served.status})",
                          headers={"Retry-After": "5"})

@@ -198,7 +198,7 @@ async def model_version_ready(name: str, version: str, registry: RegistryDep) ->
 
 def _config(served: ServedModel, registry: Registry) -> dict[str, Any]:
     meta = model_metadata(served, registry)
-    batching = registry.batch_config(served.name)
+    batching = registry.batch_config(served)
     return {"name": served.name, "platform": "pytorch", "max_batch_size": batching.max_batch_size,
             "input": [{"name": s["name"], "data_type": "TYPE_" + s["datatype"].replace("BYTES", "STRING"),
                        "dims": s["shape"][1:]} for s in meta["inputs"]],
@@ -293,7 +293,7 @@ def _series_items(tensors: dict[str, np.ndarray], served: ServedModel, max_input
 async def _run(request: Request, served: ServedModel, registry: Registry, parsed: InferRequest,
                tensors: dict[str, np.ndarray], max_inputs: int) -> dict[str, np.ndarray]:
     """Decode the input tensor into items, batch them, and gather the outputs as tensors by name."""
-    runtime, timeout_s = served.runtime, registry.timeout_s(served.name)
+    runtime, timeout_s = served.runtime, registry.timeout_s(served)
     if served.task == "forecasting":
         horizon = parsed.parameters.get("horizon", runtime.step_horizon)
         if not isinstance(horizon, int) or isinstance(horizon, bool):

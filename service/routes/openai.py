@@ -84,7 +84,7 @@ async def embeddings(request: Request, registry: RegistryDep, settings: Settings
     if body.dimensions is not None and body.dimensions != runtime.dimensions:
         raise ServeError(400, f"model {body.model} has {runtime.dimensions} dimensions; it cannot shorten them",
                          "invalid_request_error")
-    results = await decode_and_infer(request, served, runtime.decode_text, texts, registry.timeout_s(served.name))
+    results = await decode_and_infer(request, served, runtime.decode_text, texts, registry.timeout_s(served))
     tokens = sum(result.tokens for result in results)
     data: list[dict[str, Any]] = []
     for index, result in enumerate(results):

@@ -36,10 +36,10 @@ async def _samples(request: Request, served: ServedModel, registry: Registry, pa
     seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
     sample_request = SampleRequest(params.n, seed, params.label, params.steps)
     if served.denoiser is not None:
-        samples = await denoise(request, served, sample_request, registry.timeout_s(served.name))
+        samples = await denoise(request, served, sample_request, registry.timeout_s(served))
     else:
         [samples] = await decode_and_infer(request, served, runtime.decode_request, [sample_request],
-                                           registry.timeout_s(served.name))
+                                           registry.timeout_s(served))
     headers = {"X-Seed": str(seed)}
     if params.format == "json":
         return JSONResponse(runtime.as_json(samples), headers=headers)

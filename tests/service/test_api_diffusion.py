@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import base64
 import io
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+
+from service.main import create_app
+from service.settings import Settings
+from tests.conftest import make_diffusion_artifact
 
 
 def test_png_grid_is_deterministic_by_seed_and_steps(client: TestClient) -> None:
@@ -61,3 +67,27 @@ def test_a_deadline_shorter_than_sampling_is_504_and_the_model_stays_ready(make_
     assert response.status_code == 504, response.text
     assert response.json()["error"]
     assert client.get("/v2/models/tiny-ddpm/ready").status_code == 200
+
+
+def test_the_manifest_serving_block_sets_the_models_defaults_and_overrides_win(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = make_client()
+    batching = client.get("/v1/models/tiny-ddpm").json()["batching"]
+    assert (batching["max_batch_size"], batching["timeout_ms"]) == (4, 20_000)  # from its manifest
+    assert client.get("/v1/models/tiny-cgan").json()["batching"]["max_batch_size"] == 32  # the global default
+    client = make_client(model_overrides={"tiny-ddpm": {"max_batch_size": 2}})
+    batching = client.get("/v1/models/tiny-ddpm").json()["batching"]
+    assert (batching["max_batch_size"], batching["timeout_ms"]) == (2, 20_000)
+
+
+def test_a_bad_serving_block_fails_only_its_model(tmp_path: Path, make_client) -> None:  # type: ignore[no-untyped-def]
+    make_diffusion_artifact(tmp_path, "odd-ddpm", serving={"max_batch_size": 0, "colour": "red"})
+    make_diffusion_artifact(tmp_path, "good-ddpm")
+    settings = Settings(weights_dir=tmp_path, device="cpu", torch_threads=1)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        for _ in range(300):
+            detail = client.get("/v1/models/odd-ddpm").json()
+            if detail["status"] != "loading":
+                break
+            time.sleep(0.02)
+        assert detail["status"].startswith("failed") and "max_batch_size" in detail["status"]
+        assert client.get("/v1/models/good-ddpm/samples?n=1&seed=0").status_code == 200
