@@ -6,7 +6,10 @@ Every flag is a setting (``--port 9000`` is ``SERVE_PORT=9000``); flags win over
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 
 import uvicorn
 from pydantic import ValidationError
@@ -31,8 +34,27 @@ def main(argv: list[str] | None = None) -> None:
     except ValidationError as exc:
         raise SystemExit(f"invalid settings:\n{exc}") from None
     configure_logging(settings.log_level, settings.log_format)
+    if settings.workers > 1:
+        serve_in_processes(settings, overrides)
+        return
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
                 log_config=None, access_log=False, timeout_graceful_shutdown=10)
+
+
+def serve_in_processes(settings: Settings, overrides: dict[str, str]) -> None:
+    """uvicorn's worker processes share the listening socket; each builds its app from the environment,
+    so the flags go there first, with a fresh directory for the workers' shared metrics."""
+    os.environ.update({f"SERVE_{name.upper()}": str(value) for name, value in overrides.items()})
+    own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    if own_metrics_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="serve-metrics-")
+    try:
+        uvicorn.run("service.main:app_from_environment", factory=True, workers=settings.workers,
+                    host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
+                    access_log=False, timeout_graceful_shutdown=10)
+    finally:
+        if own_metrics_dir:
+            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
 if __name__ == "__main__":

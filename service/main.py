@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from service import __version__
 from service.errors import install_error_handlers
+from service.logging_setup import configure_logging
 from service.metrics import Metrics
 from service.middleware import ServeMiddleware
 from service.registry import Registry
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
             await registry.close()
+            metrics.process_exit()
 
     app = FastAPI(title="serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="PyTorch models over HTTP with dynamic batching: native, KServe V1 and "
@@ -62,3 +64,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai.router, dependencies=guarded)
     app.mount("/static-docs", StaticFiles(directory=docs.ASSETS), name="static-docs")
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The factory each worker process calls (``SERVE_WORKERS`` > 1): settings and logging from ``SERVE_*``."""
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)

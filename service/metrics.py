@@ -1,15 +1,32 @@
-"""Prometheus metrics, in a registry of the app's own (so several apps can live in one process)."""
+"""Prometheus metrics, in a registry of the app's own (so several apps can live in one process).
+
+With several worker processes (``SERVE_WORKERS``), ``PROMETHEUS_MULTIPROC_DIR`` is set before any worker
+starts: every process then writes its values there and ``/metrics`` answers the sum over all of them.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
     def __init__(self) -> None:
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("serve_requests", "HTTP requests", ["model", "route", "status"], registry=r)
@@ -20,11 +37,24 @@ class Metrics:
         self.inference_seconds = Histogram("serve_inference_duration_seconds", "time of one batched forward",
                                            ["model", "version"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("serve_queue_depth", "inputs waiting to be batched", ["model", "version"],
-                                 registry=r)
+                                 registry=r, multiprocess_mode="livesum")
         self.dropped = Counter("serve_dropped_inputs", "inputs dropped before their forward",
                                ["model", "version", "reason"], registry=r)
-        self.loaded = Gauge("serve_model_loaded", "1 when the model version is loaded, warmed and alive",
-                            ["model", "version"], registry=r)
+        self.loaded = Gauge("serve_model_loaded", "1 when the model version is loaded, warmed and alive (in "
+                            "every worker)", ["model", "version"], registry=r, multiprocess_mode="livemin")
+
+    def exposition(self) -> bytes:
+        """The text format: this process's registry, or the sum over all worker processes."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined, path=self.multiprocess_dir)
+        return generate_latest(combined)
+
+    def process_exit(self) -> None:
+        """Forget this process's live gauges (a worker that stopped is no longer loaded or queueing)."""
+        if self.multiprocess_dir is not None:
+            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)
 
     def observer(self, model: str, version: int) -> BatchMetrics:
         return BatchMetrics(self, model, str(version))

@@ -38,7 +38,10 @@ class Settings(BaseSettings):
     models: Annotated[list[str], NoDecode] = Field(default_factory=list, description="empty = all")
     device: str = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    torch_threads: int = Field(default=0, ge=0, description="0 = half the cores, at most 4")
+    workers: int = Field(default=1, ge=1, le=64, description="server processes sharing the port, each with every "
+                         "model loaded and its own batchers; /metrics sums them")
+    torch_threads: int = Field(default=0, ge=0, description="per worker; 0 = half the cores over the workers, "
+                               "at most 4")
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     max_delay_ms: float = Field(default=2.0, ge=0, le=10_000)
     max_queue: int = Field(default=512, ge=1, description="inputs waiting per model version")
@@ -79,8 +82,9 @@ class Settings(BaseSettings):
         return self
 
     def resolved_torch_threads(self) -> int:
-        """Half the cores, at most 4: the event loop and image decoding need the rest. Measured with
-        wrk on 2 cores (mnist-cnn, 16 connections): 1 thread served ~5x the requests of 2."""
+        """Half the cores, shared by the workers, at most 4 each: the event loops and image decoding need
+        the rest. Measured with wrk on 2 cores (mnist-cnn, 16 connections): 1 thread served ~5x the
+        requests of 2."""
         if self.torch_threads:
             return self.torch_threads
-        return max(1, min(4, (os.cpu_count() or 2) // 2))
+        return max(1, min(4, (os.cpu_count() or 2) // (2 * self.workers)))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.routes.deps import MetricsDep, RegistryDep
 
@@ -16,4 +15,4 @@ async def metrics(registry: RegistryDep, metrics: MetricsDep) -> Response:
         metrics.loaded.labels(served.name, str(served.version)).set(1 if served.ready else 0)
         if served.worker is not None:
             metrics.queue_depth.labels(served.name, str(served.version)).set(served.worker.depth)
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.exposition(), media_type=metrics.content_type)

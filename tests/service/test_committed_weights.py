@@ -26,6 +26,7 @@ FORECASTER = "sunspots-lstm"
 LM_TARGETS = {"shakespeare-gpt": 1.60, "shakespeare-lstm": 1.70}
 ANOMALY = "mnist-autoencoder"
 GENERATOR = "mnist-cgan"
+DIFFUSION = "mnist-ddpm"
 pytestmark = pytest.mark.skipif(not (data_root() / "mnist").is_dir(), reason="shared datasets not present")
 
 
@@ -42,7 +43,7 @@ def png(image: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[TestClient]:
-    served_models = [*TARGETS, *TEXT_TARGETS, FORECASTER, *LM_TARGETS, ANOMALY, GENERATOR]
+    served_models = [*TARGETS, *TEXT_TARGETS, FORECASTER, *LM_TARGETS, ANOMALY, GENERATOR, DIFFUSION]
     settings = Settings(weights_dir=WEIGHTS, device="cpu", models=served_models, max_inputs_per_request=256)
     with TestClient(create_app(settings)) as client:
         wait_ready(client, timeout=60)
@@ -220,3 +221,34 @@ def test_generated_digits_are_the_requested_ones_judged_by_mnist_cnn_through_the
     grid = served.get(f"/v1/models/{GENERATOR}/samples?n=16&seed=3")
     assert grid.headers["content-type"] == "image/png" and grid.content == served.get(
         f"/v1/models/{GENERATOR}/samples?n=16&seed=3").content
+
+
+def test_diffusion_model_meets_its_targets_in_the_manifest() -> None:
+    metrics = latest_manifest(DIFFUSION)["metrics"]
+    assert metrics["confident_share"] >= 0.70 and metrics["digits_in_first_100"] >= 8
+
+
+def test_diffusion_samples_are_deterministic_pngs(served: TestClient) -> None:
+    first = served.get(f"/v1/models/{DIFFUSION}/samples?n=16&seed=3&steps=10")
+    assert first.status_code == 200 and first.headers["content-type"] == "image/png", first.text
+    assert Image.open(io.BytesIO(first.content)).size == (122, 122)
+    assert served.get(f"/v1/models/{DIFFUSION}/samples?n=16&seed=3&steps=10").content == first.content
+
+
+@pytest.mark.slow
+def test_diffusion_samples_are_confidently_digits_judged_by_mnist_cnn_through_the_api(served: TestClient) -> None:
+    """300 samples at the default steps (6 requests of 50), classified by the service's own mnist-cnn:
+    at least 70% with a confidence of 0.9 or more, and at least 8 of the 10 digits among the first 100."""
+    labels, scores = [], []
+    for seed in range(6):
+        response = served.get(f"/v1/models/{DIFFUSION}/samples?n=50&seed={seed}&format=json")
+        assert response.status_code == 200, response.text
+        pictures = [base64.b64decode(sample["png_b64"]) for sample in response.json()["samples"]]
+        files = [("file", (f"{i}.png", picture, "image/png")) for i, picture in enumerate(pictures)]
+        judged = served.post("/v1/models/mnist-cnn/predict", files=files).json()["predictions"]
+        labels += [item["label"] for item in judged]
+        scores += [item["score"] for item in judged]
+    confident = float(np.mean(np.array(scores) >= 0.9))
+    digits = len(set(labels[:100]))
+    print(f"{DIFFUSION}: {confident:.3f} of {len(scores)} samples confident (>= 0.9); {digits} digits in the first 100")
+    assert confident >= 0.70 and digits >= 8
