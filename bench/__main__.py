@@ -24,7 +24,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument("--duration", type=int, default=10, help="whole seconds per measured wrk run")
     parser.add_argument("--warmup", type=int, default=3, help="whole seconds of wrk warm-up per server start")
     parser.add_argument("--repeats", type=int, default=3, help="runs of every (server, concurrency) cell")
-    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads in every server")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads in every server process")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes per server: ours SERVE_WORKERS, naive uvicorn workers, "
+                             "LitServe workers_per_device")
     parser.add_argument("--max-batch-size", type=int, default=32, help="ours and LitServe")
     parser.add_argument("--max-delay-ms", type=float, default=2.0, help="ours; LitServe's batch_timeout")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (it shares the CPUs with the server)")
@@ -41,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
                   torch_threads=args.torch_threads, max_batch_size=args.max_batch_size,
                   max_delay_ms=args.max_delay_ms, wrk_threads=args.wrk_threads, wrk_timeout_s=args.wrk_timeout,
                   check_images=args.check_images, startup_timeout_s=args.startup_timeout,
-                  weights=args.weights.resolve(), out_dir=args.out.resolve())
+                  weights=args.weights.resolve(), out_dir=args.out.resolve(), workers=args.workers)
 
 
 def main() -> None:

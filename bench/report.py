@@ -82,7 +82,8 @@ def markdown(meta: dict[str, Any], summary: list[dict[str, Any]], ratio_rows: li
         "",
         f"- machine: {m['nproc']} CPUs ({m['cpu_model']}), load average at start {m['loadavg_start']}, "
         f"at end {m['loadavg_end']}",
-        f"- torch {meta['versions']['torch']}, device cpu, {s['torch_threads']} torch thread(s) in every server; "
+        f"- torch {meta['versions']['torch']}, device cpu, {s['torch_threads']} torch thread(s) in every server "
+        f"process, {s.get('workers', 1)} process(es) per server (LitServe: inference workers); "
         f"batching (ours, litserve): max_batch_size {s['max_batch_size']}, max delay {s['max_delay_ms']:g} ms",
         f"- load: {meta['versions']['wrk']}, {s['wrk_threads']} thread(s), {s['duration_s']:g} s per run after a "
         f"{s['warmup_s']:g} s warm-up per server start, {s['repeats']} repeats with the servers interleaved; "

@@ -34,6 +34,7 @@ class Config:
     startup_timeout_s: float
     weights: Path
     out_dir: Path
+    workers: int = 1  # processes per server (ours: SERVE_WORKERS; LitServe: workers per device)
 
 
 def log(message: str) -> None:
@@ -100,7 +101,8 @@ def run(config: Config, command: str) -> str:
     digits = samples.load(max(1, config.check_images))
     png = logs / "digit.png"
     png.write_bytes(digits[0].png)
-    specs = servers.specs(config.weights, config.torch_threads, config.max_batch_size, config.max_delay_ms)
+    specs = servers.specs(config.weights, config.torch_threads, config.max_batch_size, config.max_delay_ms,
+                          config.workers)
     meta: dict[str, Any] = {
         "started": started, "command": command, "machine": machine(), "git_commit": git_commit(),
         "versions": {"wrk": wrk_version, **{p: metadata.version(p) for p in PACKAGES}},

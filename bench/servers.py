@@ -33,13 +33,15 @@ class ServerSpec:
         return [part.replace("{port}", str(port)) for part in self.argv]
 
 
-def specs(weights: Path, torch_threads: int, max_batch_size: int, max_delay_ms: float) -> list[ServerSpec]:
-    """Ours and the two baselines, with the same weights, torch threads and batching limits."""
-    py, common = sys.executable, ["--port", "{port}", "--weights", str(weights), "--torch-threads", str(torch_threads)]
+def specs(weights: Path, torch_threads: int, max_batch_size: int, max_delay_ms: float,
+          workers: int = 1) -> list[ServerSpec]:
+    """Ours and the two baselines, with the same weights, torch threads, batching limits and processes."""
+    py, common = sys.executable, ["--port", "{port}", "--weights", str(weights), "--torch-threads", str(torch_threads),
+                                  "--workers", str(workers)]
     batching = ["--max-batch-size", str(max_batch_size), "--max-delay-ms", f"{max_delay_ms:g}"]
     ours = [py, "-m", "service", "--host", HOST, "--port", "{port}", "--weights-dir", str(weights.parent.parent),
             "--models", weights.parent.name, "--device", "cpu", "--torch-threads", str(torch_threads),
-            *batching, "--log-level", "warning"]
+            "--workers", str(workers), *batching, "--log-level", "warning"]
     return [
         ServerSpec("ours", ours, "/v2/health/ready", has_metrics=True),
         ServerSpec("naive", [py, "-m", "bench.baselines.naive_fastapi", "--host", HOST, *common], "/health"),

@@ -28,6 +28,7 @@ def parse_args(description: str, batching: bool = False) -> argparse.Namespace:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--torch-threads", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1, help="server processes (LitServe: workers per device)")
     if batching:
         parser.add_argument("--max-batch-size", type=int, required=True)
         parser.add_argument("--max-delay-ms", type=float, required=True)

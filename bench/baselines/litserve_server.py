@@ -40,7 +40,7 @@ class MnistAPI(ls.LitAPI):
 
 def main() -> None:
     args = common.parse_args(__doc__ or "", batching=True)
-    server = ls.LitServer(MnistAPI(args), accelerator="cpu", devices=1, workers_per_device=1, timeout=10)
+    server = ls.LitServer(MnistAPI(args), accelerator="cpu", devices=1, workers_per_device=args.workers, timeout=10)
     server.run(host=args.host, port=args.port, log_level="warning", generate_client_file=False, access_log=False)
 
 

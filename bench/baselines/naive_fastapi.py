@@ -4,6 +4,10 @@ The endpoint is sync, so FastAPI runs each request's decode and forward in its t
 ``python -m bench.baselines.naive_fastapi --port 8001 --torch-threads 1``
 """
 
+import argparse
+import json
+import os
+from pathlib import Path
 from typing import Annotated, Any
 
 import uvicorn
@@ -28,9 +32,20 @@ def create_app(args: Any) -> FastAPI:
     return app
 
 
+def app_from_environment() -> FastAPI:
+    """Each worker process's factory (``--workers`` > 1): the arguments come through the environment."""
+    values = json.loads(os.environ["NAIVE_FASTAPI_ARGS"])
+    return create_app(argparse.Namespace(**{**values, "weights": Path(values["weights"])}))
+
+
 def main() -> None:
     args = common.parse_args(__doc__ or "")
-    uvicorn.run(create_app(args), host=args.host, port=args.port, log_level="warning", access_log=False)
+    if args.workers == 1:
+        uvicorn.run(create_app(args), host=args.host, port=args.port, log_level="warning", access_log=False)
+        return
+    os.environ["NAIVE_FASTAPI_ARGS"] = json.dumps({**vars(args), "weights": str(args.weights)})
+    uvicorn.run("bench.baselines.naive_fastapi:app_from_environment", factory=True, workers=args.workers,
+                host=args.host, port=args.port, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +92,14 @@ def test_a_bad_serving_block_fails_only_its_model(tmp_path: Path, make_client) -
             time.sleep(0.02)
         assert detail["status"].startswith("failed") and "max_batch_size" in detail["status"]
         assert client.get("/v1/models/good-ddpm/samples?n=1&seed=0").status_code == 200
+
+
+def test_a_long_sampling_does_not_block_other_models(client: TestClient, digit_png: bytes) -> None:
+    """The denoising loop hands the device back after every step, so a classifier's batch runs in between."""
+    with ThreadPoolExecutor(1) as pool:
+        long_sampling = pool.submit(client.get, "/v1/models/tiny-ddpm/samples?n=8&seed=0&steps=400")
+        time.sleep(0.2)  # the sampling is under way
+        answered = client.post("/v1/models/tiny-cnn/predict", content=digit_png, headers={"content-type": "image/png"})
+        assert answered.status_code == 200
+        assert not long_sampling.done()  # the classifier answered while the sampling was still running
+        assert long_sampling.result().status_code == 200

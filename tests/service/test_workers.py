@@ -43,7 +43,8 @@ def test_two_workers_answer_on_one_port_and_metrics_add_up(tmp_path: Path, digit
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200 and len(children(server.pid)) >= 2:
+                ready = httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200
+                if ready and len(children(server.pid)) >= 2:
                     break
             except httpx.HTTPError:
                 pass
