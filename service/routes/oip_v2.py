@@ -16,7 +16,8 @@ from service.predict import decode_and_infer
 from service.registry import Registry, ServedModel
 from service.responses import JSONResponse
 from service.routes.deps import RegistryDep, SettingsDep
-from service.schemas import ERROR_RESPONSES
+from service.routes.samples import draw
+from service.schemas import ERROR_RESPONSES, SampleParameters
 
 router = APIRouter(tags=["oip-v2"])
 
@@ -290,6 +291,26 @@ def _series_items(tensors: dict[str, np.ndarray], served: ServedModel, max_input
     return [row.astype(np.float64).tolist() for row in series]
 
 
+def _sample_parameters(tensors: dict[str, np.ndarray], served: ServedModel) -> SampleParameters:
+    """A generator's scalar INT64 inputs ("seed", "n", "label", "steps") as the samples route's parameters."""
+    names = [spec.name for spec in served.runtime.inputs]
+    unknown = set(tensors) - set(names)
+    if unknown or "seed" not in tensors:
+        raise ServeError(400, f"model {served.name} takes the INT64 inputs {names} (seed required); "
+                         f"got {sorted(tensors)}", "invalid_input")
+    values = {}
+    for name, tensor in tensors.items():
+        if tensor.size != 1 or tensor.dtype.kind not in "iu":
+            raise ServeError(400, f"input {name} must be one integer (INT64, shape [1]), got "
+                             f"{tensor.dtype} of shape {list(tensor.shape)}", "invalid_input")
+        values[name] = int(tensor.reshape(-1)[0])
+    try:
+        return SampleParameters.model_validate({"n": 1, **values})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ServeError(422, f"input {first['loc'][0]}: {first['msg']}", "validation_error") from None
+
+
 async def _run(request: Request, served: ServedModel, registry: Registry, parsed: InferRequest,
                tensors: dict[str, np.ndarray], max_inputs: int) -> dict[str, np.ndarray]:
     """Decode the input tensor into items, batch them, and gather the outputs as tensors by name."""
@@ -319,6 +340,9 @@ async def _run(request: Request, served: ServedModel, registry: Registry, parsed
         if served.task == "text-embedding":
             return {"embedding": vectors}
         probabilities = vectors
+    elif served.task == "image-generation":
+        samples = await draw(request, served, registry, _sample_parameters(tensors, served))
+        return {"images": samples.images[:, None].astype(np.float32)}
     else:
         raise ServeError(400, f"model {served.name} ({served.task}) has no V2 infer", "wrong_task")
     labels = np.array([runtime.labels[i].encode() for i in probabilities.argmax(axis=1)], dtype=np.object_)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
@@ -13,7 +13,7 @@ from service.predict import decode_and_infer, denoise
 from service.registry import Registry, ServedModel
 from service.responses import JSONResponse
 from service.routes.deps import RegistryDep
-from service.runtimes.image_generator import SampleRequest
+from service.runtimes.image_generator import SampleRequest, Samples
 from service.schemas import ERROR_RESPONSES, SampleParameters
 
 router = APIRouter(tags=["generation"])
@@ -21,11 +21,16 @@ SAMPLE_RESPONSES = {**ERROR_RESPONSES, 200: {"content": {"image/png": {}, "appli
                                              "description": "a PNG grid, or JSON with the seed and one PNG per image"}}
 
 
-async def _samples(request: Request, served: ServedModel, registry: Registry, params: SampleParameters) -> Response:
+def generator_runtime(served: ServedModel) -> Any:
     if served.task != "image-generation" or served.runtime is None:
         raise ServeError(400, f"model {served.name} is not an image generator ({served.task or served.status})",
                          "wrong_task")
-    runtime = served.runtime
+    return served.runtime
+
+
+async def draw(request: Request, served: ServedModel, registry: Registry, params: SampleParameters) -> Samples:
+    """Check the parameters against this generator, then sample on its worker (shared with V2 infer)."""
+    runtime = generator_runtime(served)
     if params.label is not None and (not runtime.conditional or params.label >= runtime.classes):
         allowed = f"0 to {runtime.classes - 1}" if runtime.conditional else "none: the model is unconditional"
         raise ServeError(400, f"label {params.label} is out of range; labels: {allowed}", "invalid_input")
@@ -36,11 +41,16 @@ async def _samples(request: Request, served: ServedModel, registry: Registry, pa
     seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
     sample_request = SampleRequest(params.n, seed, params.label, params.steps)
     if served.denoiser is not None:
-        samples = await denoise(request, served, sample_request, registry.timeout_s(served))
-    else:
-        [samples] = await decode_and_infer(request, served, runtime.decode_request, [sample_request],
-                                           registry.timeout_s(served))
-    headers = {"X-Seed": str(seed)}
+        return await denoise(request, served, sample_request, registry.timeout_s(served))
+    [samples] = await decode_and_infer(request, served, runtime.decode_request, [sample_request],
+                                       registry.timeout_s(served))
+    return samples
+
+
+async def _samples(request: Request, served: ServedModel, registry: Registry, params: SampleParameters) -> Response:
+    runtime = generator_runtime(served)
+    samples = await draw(request, served, registry, params)
+    headers = {"X-Seed": str(samples.seed)}
     if params.format == "json":
         return JSONResponse(runtime.as_json(samples), headers=headers)
     return Response(runtime.png_grid(samples), media_type="image/png", headers=headers)

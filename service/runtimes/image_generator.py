@@ -46,7 +46,11 @@ class _ImageOutputs:
         self.labels: list[str] | None = manifest.get("labels")
         self.conditional = bool(manifest.get("conditional", False))
         self.classes = int(manifest["config"].get("num_classes", 0))
-        self.inputs = [TensorSpec("seed", "INT64", [1])]
+        # V2 infer: "seed" and "n" (how many images), and "label" for conditional models; "steps" is added
+        # by diffusion runtimes. Each is one INT64; all but "seed" may be left out.
+        self.inputs = [TensorSpec("seed", "INT64", [1]), TensorSpec("n", "INT64", [1])]
+        if self.conditional:
+            self.inputs.append(TensorSpec("label", "INT64", [1]))
         self.outputs = [TensorSpec("images", "FP32", [-1, 1, 28, 28])]
 
     def label_name(self, label: int) -> str:
@@ -121,6 +125,7 @@ class DiffusionRuntime(_ImageOutputs):
         self.steps = StepBounds(int(sampling.get("default_steps", 50)), 1,
                                 int(sampling.get("max_steps", self.unet.config.timesteps)))
         self.rows_per_forward = 16  # set by the registry from the model's max_batch_size
+        self.inputs.append(TensorSpec("steps", "INT64", [1]))
 
     def schedule(self, request: SampleRequest) -> list[int]:
         """The request's timesteps, descending; the last update goes from the last one to the clean image."""

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import io
+
+import httpx
 import numpy as np
 import orjson
 import pytest
 import tritonclient.http as httpclient
 from fastapi.testclient import TestClient
+from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from models.imaging import to_uint8
 from tests.conftest import LiveServer
 
 
@@ -132,3 +138,28 @@ def test_tritonclient_with_its_defaults(live_server: LiveServer) -> None:
     with pytest.raises(InferenceServerException, match="not served"):
         triton.infer("missing-model", [infer_input])
     triton.close()
+
+
+def scalar(name: str, value: int) -> httpclient.InferInput:
+    tensor = httpclient.InferInput(name, [1], "INT64")
+    tensor.set_data_from_numpy(np.array([value], dtype=np.int64))
+    return tensor
+
+
+def test_tritonclient_draws_from_generators_with_the_pixels_of_the_samples_route(live_server: LiveServer) -> None:
+    client = httpclient.InferenceServerClient(live_server.url)
+    names = [spec["name"] for spec in client.get_model_metadata("tiny-ddpm")["inputs"]]
+    assert names == ["seed", "n", "steps"]
+    images = client.infer("tiny-ddpm", [scalar("seed", 3), scalar("n", 2), scalar("steps", 4)]).as_numpy("images")
+    assert images.shape == (2, 1, 28, 28) and images.dtype == np.float32 and 0 <= images.min() <= images.max() <= 1
+    body = httpx.get(f"http://{live_server.url}/v1/models/tiny-ddpm/samples?n=2&seed=3&steps=4&format=json").json()
+    pngs = [np.asarray(Image.open(io.BytesIO(base64.b64decode(s["png_b64"])))) for s in body["samples"]]
+    assert np.array_equal(to_uint8(images[:, 0]), np.stack(pngs))  # the same seed, the same images
+    digits = client.infer("tiny-cgan", [scalar("seed", 1), scalar("n", 3), scalar("label", 7)]).as_numpy("images")
+    assert digits.shape == (3, 1, 28, 28)
+    for inputs, status in [([scalar("n", 2)], "400"), ([scalar("seed", 1), scalar("n", 65)], "422"),
+                           ([scalar("seed", 1), scalar("steps", 2000)], "400"),
+                           ([scalar("seed", 1), scalar("label", 3)], "400")]:
+        with pytest.raises(InferenceServerException) as raised:
+            client.infer("tiny-ddpm", inputs)
+        assert raised.value.status() == status, raised.value.message()
