@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=4, help="requests per 100 samples")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--torch-threads", type=int, default=1)
-    parser.add_argument("--max-batch-size", type=int, default=32, help="rows per forward")
+    parser.add_argument("--max-batch-size", type=int, default=None,
+                        help="rows per forward (a per-model override); default: the model's own (its manifest)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--weights-dir", type=Path, default=REPO_ROOT / "weights")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
@@ -57,13 +58,17 @@ def main(argv: list[str] | None = None) -> None:
     step_counts = [int(s) for s in args.steps.split(",")]
     server = [sys.executable, "-m", "service", "--host", HOST, "--port", "{port}", "--weights-dir",
               str(args.weights_dir), "--models", args.model, "--device", args.device, "--torch-threads",
-              str(args.torch_threads), "--max-batch-size", str(args.max_batch_size), "--timeout-ms", "600000",
-              "--log-level", "warning"]
+              str(args.torch_threads), "--log-level", "warning"]
+    overrides: dict[str, int] = {"timeout_ms": 600_000}
+    if args.max_batch_size:
+        overrides["max_batch_size"] = args.max_batch_size
+    server += ["--model-overrides", json.dumps({args.model: overrides})]
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     seconds: dict[str, list[float]] = {f"{steps}/{mode}": [] for steps in step_counts for mode in ("one", "all")}
     with running(ServerSpec("ours", server, "/v2/health/ready"), args.out / f"diffusion-{stamp}.log", 120) as url:
         asyncio.run(seconds_per_100(url, args.model, args.requests, 2, True, 0))  # warm-up
+        rows_per_forward = httpx.get(f"{url}/v1/models/{args.model}").json()["batching"]["max_batch_size"]
         for repeat in range(args.repeats):
             for steps in step_counts:
                 for mode in ("one", "all"):
@@ -73,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         f"CPU: {platform.processor() or platform.machine()}, {args.torch_threads} torch thread(s)")
     lines = [f"# Diffusion sampling: {args.model}, 100 samples as {args.requests} requests of "
              f"{100 // args.requests}, {args.repeats} repeats", "",
-             f"{device}, torch {torch.__version__}, {args.max_batch_size} rows per forward", "",
+             f"{device}, torch {torch.__version__}, {rows_per_forward} rows per forward", "",
              "| DDIM steps | one request at a time: s / 100 samples | all at once: s / 100 samples | speed-up |",
              "|---:|---:|---:|---:|"]
     for steps in step_counts:

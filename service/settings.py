@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -61,6 +62,17 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return _split_commas(value)
+
+    @field_validator("model_overrides", mode="before")
+    @classmethod
+    def _json_object(cls, value: Any) -> Any:
+        """A flag's value is a string (the environment's is decoded by pydantic-settings already)."""
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON: {exc}") from None
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -248,3 +248,17 @@ def test_dark_ink_on_light_paper_is_inverted(client: TestClient) -> None:
     kept = client.post("/v1/models/tiny-cnn/predict?top_k=10&invert=false", content=png_bytes(dark),
                        headers={"content-type": "image/png"}).json()["predictions"][0]
     assert kept != answers[0]
+
+
+def test_every_setting_is_a_flag_including_the_json_ones(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from service.__main__ import parse_overrides
+    from service.settings import Settings
+
+    flags = parse_overrides(["--weights-dir", str(tmp_path), "--workers", "2", "--models", "a,b",
+                             "--model-overrides", '{"a": {"max_batch_size": 3, "timeout_ms": 500}}'])
+    settings = Settings(**flags)  # type: ignore[arg-type]
+    assert settings.workers == 2 and settings.models == ["a", "b"]
+    assert settings.model_overrides["a"].max_batch_size == 3 and settings.model_overrides["a"].timeout_ms == 500
+    for bad in ('{"a": {"max_batch_sise": 3}}', "{not json"):
+        with pytest.raises(ValueError):
+            Settings(**parse_overrides(["--weights-dir", str(tmp_path), "--model-overrides", bad]))  # type: ignore[arg-type]
