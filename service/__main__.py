@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
@@ -43,18 +44,20 @@ def main(argv: list[str] | None = None) -> None:
 
 def serve_in_processes(settings: Settings, overrides: dict[str, str]) -> None:
     """uvicorn's worker processes share the listening socket; each builds its app from the environment,
-    so the flags go there first, with a fresh directory for the workers' shared metrics."""
+    so the flags go there first, with a fresh directory for what the workers share (readiness, metrics)."""
     os.environ.update({f"SERVE_{name.upper()}": str(value) for name, value in overrides.items()})
-    own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
-    if own_metrics_dir:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="serve-metrics-")
+    shared = Path(tempfile.mkdtemp(prefix="serve-workers-"))
+    os.environ["SERVE_PEERS_DIR"] = str(shared / "ready")
+    (shared / "ready").mkdir()
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(shared / "metrics")
+        (shared / "metrics").mkdir()
     try:
         uvicorn.run("service.main:app_from_environment", factory=True, workers=settings.workers,
                     host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
                     access_log=False, timeout_graceful_shutdown=10)
     finally:
-        if own_metrics_dir:
-            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 if __name__ == "__main__":

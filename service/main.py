@@ -16,6 +16,7 @@ from service.errors import install_error_handlers
 from service.logging_setup import configure_logging
 from service.metrics import Metrics
 from service.middleware import ServeMiddleware
+from service.peers import WorkerPeers
 from service.registry import Registry
 from service.routes import docs, generate, health, kserve_v1, native, oip_v2, openai, samples, ui
 from service.routes import metrics as metrics_routes
@@ -35,12 +36,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = Registry(settings, metrics)
         app.state.registry = registry
         # Load in the background: liveness answers at once, readiness once every model is warm.
-        loading = asyncio.create_task(registry.load_all(), name="load-models")
+        background = [asyncio.create_task(registry.load_all(), name="load-models")]
+        if settings.peers_dir is not None:  # one of several workers: ready only when all of them are
+            app.state.peers = WorkerPeers(settings.peers_dir, settings.workers)
+            background.append(asyncio.create_task(app.state.peers.beat(lambda: registry.ready), name="peers"))
         try:
             yield
         finally:
-            loading.cancel()
-            await asyncio.gather(loading, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await registry.close()
             metrics.process_exit()
 
@@ -49,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "Open Inference Protocol V2 APIs.")
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.peers = None
     install_error_handlers(app)
     app.add_middleware(ServeMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     guarded = [Depends(require_api_key)]

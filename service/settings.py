@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     workers: int = Field(default=1, ge=1, le=64, description="server processes sharing the port, each with every "
                          "model loaded and its own batchers; /metrics sums them")
+    peers_dir: Path | None = Field(default=None, description="internal: set by python -m service for its workers "
+                                   "(their shared readiness)")
     torch_threads: int = Field(default=0, ge=0, description="per worker; 0 = half the cores over the workers, "
                                "at most 4")
     max_batch_size: int = Field(default=32, ge=1, le=4096)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from service.responses import JSONResponse
 from service.routes.deps import RegistryDep
@@ -15,11 +15,17 @@ async def live() -> JSONResponse:
     return JSONResponse({"live": True})
 
 
-@router.get("/v2/health/ready", summary="Every configured model is loaded, warmed and alive")
-async def ready(registry: RegistryDep) -> JSONResponse:
-    if registry.ready:
+@router.get("/v2/health/ready", summary="Every configured model is loaded, warmed and alive (in every worker)")
+async def ready(request: Request, registry: RegistryDep) -> JSONResponse:
+    peers = request.app.state.peers
+    if registry.ready and (peers is None or peers.all_ready):
         return JSONResponse({"ready": True})
     waiting = {f"{s.name}/{s.version}": s.status for s in registry.all() if not s.ready}
-    return JSONResponse({"ready": False, "error": "not ready: " + ", ".join(f"{k} {v}" for k, v in waiting.items())
-                           if waiting else "not ready: loading", "type": "unavailable", "models": waiting},
-                          status_code=503, headers={"Retry-After": "5"})
+    if waiting:
+        error = "not ready: " + ", ".join(f"{k} {v}" for k, v in waiting.items())
+    elif registry.ready:
+        error = f"not ready: {peers.ready_count()} of {peers.expected} workers are ready"
+    else:
+        error = "not ready: loading"
+    return JSONResponse({"ready": False, "error": error, "type": "unavailable", "models": waiting},
+                        status_code=503, headers={"Retry-After": "5"})
