@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import torch
 
+from bench import report
 from bench.servers import HOST, REPO_ROOT, ServerSpec, running
 
 
@@ -87,11 +88,7 @@ def main(argv: list[str] | None = None) -> None:
                      f"{statistics.median(together):.2f} ({min(together):.2f}-{max(together):.2f}) | "
                      f"{statistics.median(one) / statistics.median(together):.2f}x "
                      f"({min(one) / max(together):.2f}-{max(one) / min(together):.2f}) |")
-    report = "\n".join(lines) + "\n"
-    (args.out / f"diffusion-{stamp}.md").write_text(report)
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    (args.out / f"diffusion-{stamp}.json").write_text(json.dumps({"args": settings, "seconds": seconds}, indent=2))
-    print(report, end="")
+    report.write(args.out, f"diffusion-{stamp}", "\n".join(lines) + "\n", args, {"seconds": seconds})
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import statistics
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 import httpx
 import torch
 
+from bench import report
 from bench.servers import HOST, REPO_ROOT, ServerSpec, running
 
 
@@ -78,11 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {n} | {median:.0f} ({min(rates[n]):.0f}-{max(rates[n]):.0f}) | {median / n:.0f} | "
                      f"{median / base:.2f}x ({min(rates[n]) / max(rates[counts[0]]):.2f}-"
                      f"{max(rates[n]) / min(rates[counts[0]]):.2f}) |")
-    report = "\n".join(lines) + "\n"
-    (args.out / f"gen-{stamp}.md").write_text(report)
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    (args.out / f"gen-{stamp}.json").write_text(json.dumps({"args": settings, "rates": rates}, indent=2))
-    print(report, end="")
+    report.write(args.out, f"gen-{stamp}", "\n".join(lines) + "\n", args, {"rates": rates})
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.wrk import WrkResult
@@ -23,6 +26,14 @@ class Cell:
     def to_json(self) -> dict[str, Any]:
         return {"server": self.server, "concurrency": self.concurrency, "repeat": self.repeat,
                 **asdict(self.result), "mean_batch": self.mean_batch}
+
+
+def write(out_dir: Path, stem: str, text: str, args: argparse.Namespace, measured: dict[str, Any]) -> None:
+    """``<out_dir>/<stem>.md`` (the report) and ``.json`` (the arguments and every measurement); print the report."""
+    (out_dir / f"{stem}.md").write_text(text)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    (out_dir / f"{stem}.json").write_text(json.dumps({"args": settings, **measured}, indent=2))
+    print(text, end="")
 
 
 def spread(values: list[float]) -> dict[str, float]:
