@@ -205,15 +205,22 @@ def test_anomaly_targets_through_the_api(served: TestClient, limit: int | None) 
         assert area == pytest.approx(latest_manifest(ANOMALY)["metrics"]["auroc"], abs=0.0005)
 
 
+def judged_samples(served: TestClient, generator: str, query: str) -> list[dict]:
+    """Samples from ``generator`` (JSON, one PNG each), then the service's own mnist-cnn's predictions of them."""
+    response = served.get(f"/v1/models/{generator}/samples?{query}&format=json")
+    assert response.status_code == 200, response.text
+    pictures = [base64.b64decode(sample["png_b64"]) for sample in response.json()["samples"]]
+    files = [("file", (f"{i}.png", picture, "image/png")) for i, picture in enumerate(pictures)]
+    judged = served.post("/v1/models/mnist-cnn/predict", files=files)
+    assert judged.status_code == 200, judged.text
+    return list(judged.json()["predictions"])
+
+
 def test_generated_digits_are_the_requested_ones_judged_by_mnist_cnn_through_the_api(served: TestClient) -> None:
     """50 samples of each digit from the samples endpoint, classified by the service's own mnist-cnn."""
     agree = total = 0
     for digit in range(10):
-        response = served.get(f"/v1/models/{GENERATOR}/samples?n=50&seed={digit}&label={digit}&format=json")
-        assert response.status_code == 200, response.text
-        pictures = [base64.b64decode(sample["png_b64"]) for sample in response.json()["samples"]]
-        files = [("file", (f"{i}.png", picture, "image/png")) for i, picture in enumerate(pictures)]
-        judged = served.post("/v1/models/mnist-cnn/predict", files=files).json()["predictions"]
+        judged = judged_samples(served, GENERATOR, f"n=50&seed={digit}&label={digit}")
         agree += sum(item["label"] == str(digit) for item in judged)
         total += len(judged)
     print(f"{GENERATOR}: {agree}/{total} samples classified as the requested digit by mnist-cnn")
@@ -241,11 +248,7 @@ def test_diffusion_samples_are_confidently_digits_judged_by_mnist_cnn_through_th
     at least 70% with a confidence of 0.9 or more, and at least 8 of the 10 digits among the first 100."""
     labels, scores = [], []
     for seed in range(6):
-        response = served.get(f"/v1/models/{DIFFUSION}/samples?n=50&seed={seed}&format=json")
-        assert response.status_code == 200, response.text
-        pictures = [base64.b64decode(sample["png_b64"]) for sample in response.json()["samples"]]
-        files = [("file", (f"{i}.png", picture, "image/png")) for i, picture in enumerate(pictures)]
-        judged = served.post("/v1/models/mnist-cnn/predict", files=files).json()["predictions"]
+        judged = judged_samples(served, DIFFUSION, f"n=50&seed={seed}")
         labels += [item["label"] for item in judged]
         scores += [item["score"] for item in judged]
     confident = float(np.mean(np.array(scores) >= 0.9))

@@ -19,21 +19,7 @@ from service.denoiser import DenoiseLoop
 from service.runtimes import DecodeLimits, DiffusionRuntime
 from service.runtimes.image_generator import SampleRequest, Samples
 from tests.conftest import make_diffusion_artifact
-
-
-class Observer:
-    def __init__(self) -> None:
-        self.rows: list[int] = []
-        self.dropped_counts: dict[str, int] = {}
-
-    def batch_done(self, size: int, seconds: float) -> None:
-        self.rows.append(size)
-
-    def queue_depth(self, depth: int) -> None:
-        pass
-
-    def dropped(self, reason: str, count: int) -> None:
-        self.dropped_counts[reason] = self.dropped_counts.get(reason, 0) + count
+from tests.service.test_batcher import Observer
 
 
 @pytest.fixture
@@ -67,8 +53,8 @@ def test_concurrent_requests_share_steps_and_give_the_bytes_of_solo_runs(runtime
     for batched, solo, request in zip(together, alone, requests, strict=True):
         assert isinstance(batched, Samples) and batched.images.shape == (request.n, 28, 28)
         assert np.array_equal(batched.images, solo.images)  # bit for bit, whatever shared its steps
-    assert max(observer.rows) == 14  # all four requests advanced in one step
-    assert len(observer.rows) == 7  # the longest schedule; shorter ones left early
+    assert max(observer.sizes) == 14  # all four requests advanced in one step
+    assert len(observer.sizes) == 7  # the longest schedule; shorter ones left early
 
 
 def test_rows_beyond_the_limit_wait_and_a_larger_request_runs_alone(runtime: DiffusionRuntime) -> None:
@@ -76,7 +62,7 @@ def test_rows_beyond_the_limit_wait_and_a_larger_request_runs_alone(runtime: Dif
     requests = [SampleRequest(6, 1, None, 3), SampleRequest(6, 2, None, 3), SampleRequest(20, 3, None, 2)]
     results = asyncio.run(sample_all(runtime, requests, observer, max_active_rows=10))
     assert all(isinstance(r, Samples) for r in results)
-    assert observer.rows == [6, 6, 6, 6, 6, 6, 20, 20]
+    assert observer.sizes == [6, 6, 6, 6, 6, 6, 20, 20]
 
 
 def test_an_expired_request_leaves_between_steps_and_the_others_finish(runtime: DiffusionRuntime) -> None:
@@ -94,7 +80,7 @@ def test_an_expired_request_leaves_between_steps_and_the_others_finish(runtime: 
     slow, quick, observer = asyncio.run(scenario())
     assert isinstance(slow, DeadlineExceeded) and isinstance(quick, Samples)
     assert observer.dropped_counts == {"deadline": 2}
-    assert len(observer.rows) < 1000  # it did not hold the device for its whole schedule
+    assert len(observer.sizes) < 1000  # it did not hold the device for its whole schedule
 
 
 def test_a_cancelled_request_is_dropped_before_its_next_step(runtime: DiffusionRuntime) -> None:
@@ -107,9 +93,9 @@ def test_a_cancelled_request_is_dropped_before_its_next_step(runtime: DiffusionR
             await asyncio.sleep(0.1)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            steps_at_cancel = len(observer.rows)
+            steps_at_cancel = len(observer.sizes)
             await asyncio.sleep(0.1)
-            assert len(observer.rows) <= steps_at_cancel + 1
+            assert len(observer.sizes) <= steps_at_cancel + 1
             await loop.stop()
         return observer
 
