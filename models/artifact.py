@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:  # torch is imported where tensors are touched: reading a manifest needs no torch
+    import torch
 
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -37,6 +37,8 @@ def save_artifact(module: torch.nn.Module, manifest: dict[str, Any], directory: 
                   tokenizer_json: str | None = None, dtype: torch.dtype | None = None) -> Path:
     """Write the module's tensors (cast to ``dtype`` if given), the tokenizer if any, and the manifest
     with both hashes into ``directory``."""
+    from safetensors.torch import save_file
+
     directory.mkdir(parents=True, exist_ok=True)
     if tokenizer_json is not None:
         tokenizer_path = directory / TOKENIZER_FILE
@@ -76,6 +78,8 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 
 def load_tensors(directory: Path, manifest: dict[str, Any], device: str = "cpu") -> dict[str, torch.Tensor]:
     """Load the tensors after checking them against the manifest's sha256."""
+    from safetensors.torch import load_file
+
     weights_path = directory / WEIGHTS_FILE
     if not weights_path.is_file():
         raise ArtifactError(f"{weights_path} does not exist")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
@@ -35,3 +37,11 @@ def plain(tokenizer: Tokenizer) -> Tokenizer:
     tokenizer.no_padding()
     tokenizer.no_truncation()
     return tokenizer
+
+
+def load_tokenizer(path: str | Path, manifest: dict[str, Any]) -> Any:
+    """The artifact's tokenizer (``tokenizers.Tokenizer``, without padding/truncation), or None."""
+    from models.artifact import read_tokenizer_json
+
+    text = read_tokenizer_json(Path(path), manifest)
+    return None if text is None else plain(Tokenizer.from_str(text))

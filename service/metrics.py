@@ -1,7 +1,8 @@
 """Prometheus metrics, in a registry of the app's own (so several apps can live in one process).
 
-With several worker processes (``SERVE_WORKERS``), ``PROMETHEUS_MULTIPROC_DIR`` is set before any worker
-starts: every process then writes its values there and ``/metrics`` answers the sum over all of them.
+Under the supervisor (``python -m service``), ``PROMETHEUS_MULTIPROC_DIR`` is set before any child starts:
+the engine writes its batch, queue and forward figures there, each front-end its request figures, and
+``/metrics`` on any front-end answers the sum over all of them.
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, frontend: int = 0) -> None:
+        self.frontend = str(frontend)
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("serve_requests", "HTTP requests", ["model", "route", "status"], registry=r)
         self.request_seconds = Histogram("serve_request_duration_seconds", "HTTP request latency",
                                          ["model", "route", "status"], buckets=LATENCY_BUCKETS, registry=r)
+        self.frontend_requests = Counter("serve_frontend_requests", "HTTP requests per front-end process",
+                                         ["frontend"], registry=r)
         self.batch_size = Histogram("serve_batch_size", "inputs per forward", ["model", "version"],
                                     buckets=BATCH_BUCKETS, registry=r)
         self.inference_seconds = Histogram("serve_inference_duration_seconds", "time of one batched forward",
@@ -44,7 +48,8 @@ class Metrics:
                             "every worker)", ["model", "version"], registry=r, multiprocess_mode="livemin")
 
     def exposition(self) -> bytes:
-        """The text format: this process's registry, or the sum over all worker processes."""
+        """The text format: this process's registry, or the sum over every process of the server (front-ends
+        and engine)."""
         if self.multiprocess_dir is None:
             return generate_latest(self.registry)
         combined = CollectorRegistry()

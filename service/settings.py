@@ -39,12 +39,13 @@ class Settings(BaseSettings):
     models: Annotated[list[str], NoDecode] = Field(default_factory=list, description="empty = all")
     device: str = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    workers: int = Field(default=1, ge=1, le=64, description="server processes sharing the port, each with every "
-                         "model loaded and its own batchers; /metrics sums them")
-    peers_dir: Path | None = Field(default=None, description="internal: set by python -m service for its workers "
-                                   "(their shared readiness)")
-    torch_threads: int = Field(default=0, ge=0, description="per worker; 0 = half the cores over the workers, "
-                               "at most 4")
+    workers: int = Field(default=2, ge=1, le=64, description="HTTP front-end processes sharing the port; they all "
+                         "feed the one engine process, which holds every model once")
+    in_process: bool = Field(default=False, description="run the engine inside the one HTTP process (development)")
+    engine_address: str | None = Field(default=None, description="internal: the engine's ZeroMQ address, set by "
+                                       "python -m service for its front-ends; unset = start an engine in-process")
+    frontend_index: int = Field(default=0, ge=0, description="internal: this front-end's number, set by the supervisor")
+    torch_threads: int = Field(default=0, ge=0, description="the engine's; 0 = half the cores, at most 4")
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     max_delay_ms: float = Field(default=2.0, ge=0, le=10_000)
     max_queue: int = Field(default=512, ge=1, description="inputs waiting per model version")
@@ -96,9 +97,8 @@ class Settings(BaseSettings):
         return self
 
     def resolved_torch_threads(self) -> int:
-        """Half the cores, shared by the workers, at most 4 each: the event loops and image decoding need
-        the rest. Measured with wrk on 2 cores (mnist-cnn, 16 connections): 1 thread served ~5x the
-        requests of 2."""
+        """Half the cores, at most 4: the front-ends' event loops and image decoding need the rest.
+        Measured with wrk on 2 cores (mnist-cnn, 16 connections): 1 thread served ~5x the requests of 2."""
         if self.torch_threads:
             return self.torch_threads
-        return max(1, min(4, (os.cpu_count() or 2) // (2 * self.workers)))
+        return max(1, min(4, (os.cpu_count() or 2) // 2))

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import models
-from service.main import create_app
+from service.frontend.main import create_app
 from service.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -1,19 +1,27 @@
-"""What runtimes offer: decode+validate one input, forward a batch, encode one result.
+"""The runtime contract: one class per task kind, with a front-end half and an engine half.
 
-``decode_*`` runs before queueing, so a bad input fails only its own request (inline for small inputs,
-in a worker thread for large ones); ``forward`` runs in the device's inference worker; ``encode`` is
-cheap and runs on the event loop. Language models differ: the decoding loop drives their ``prefill``
-and ``step`` instead of ``forward`` (see service/decoder.py).
+Front-end half (HTTP processes; no torch, no model): built from the manifest alone, it decodes and
+validates one input (``decode_*``) before anything is queued, so a bad input fails only its own
+request, and it encodes one result (``encode``). Its ``inputs``/``outputs`` are the V2 tensor specs.
+
+Engine half (the engine process): ``attach`` gives it the module on its device, then ``forward``
+runs a batch of decoded payloads (or, for ``scheduler`` "generation" and "denoising", the loops of
+service/decoder.py and service/denoiser.py drive its ``prefill``/``step``). torch is imported inside
+these methods only, so the front-ends never load it.
+
+``payload_type`` and ``result_type`` are what crosses between the two halves (service/transport.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -31,21 +39,44 @@ class DecodeLimits:
     max_image_pixels: int
 
 
-class Runtime(Protocol):
-    """The part every request/response runtime shares (the registry and the batcher rely on it)."""
+SchedulerKind = Literal["batch", "generation", "denoising"]
 
-    task: str
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    labels: list[str] | None
 
-    def forward(self, payloads: list[Any]) -> Sequence[Any]: ...
+class Runtime:
+    """The base of every runtime (see the module's docstring for the two halves)."""
 
-    def warmup(self, max_batch_size: int) -> None: ...
+    task: ClassVar[str] = ""
+    scheduler: ClassVar[SchedulerKind] = "batch"
+    payload_type: ClassVar[Any] = Any
+    result_type: ClassVar[Any] = Any
+
+    def __init__(self, manifest: dict[str, Any], limits: DecodeLimits, tokenizer: Any = None) -> None:
+        self.manifest = manifest
+        self.limits = limits
+        self.labels: list[str] | None = manifest.get("labels")
+        self.inputs: list[TensorSpec] = []
+        self.outputs: list[TensorSpec] = []
+        self.module: Any = None
+        self.device: Any = None
+        self.dtype: Any = None
+
+    # -- engine half ---------------------------------------------------------------------------
+    def attach(self, module: Any, device: torch.device, dtype: torch.dtype) -> None:
+        """Take the loaded module onto the device (engine only)."""
+        self.module = module.to(device=device, dtype=dtype)
+        self.device, self.dtype = device, dtype
+
+    def forward(self, payloads: list[Any]) -> Sequence[Any]:
+        raise NotImplementedError(f"{type(self).__name__} runs on a {self.scheduler} loop, not in batches")
+
+    def warmup(self, max_batch_size: int) -> None:
+        raise NotImplementedError
 
 
 def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
     """``auto`` is float16 on a GPU (tensor cores, half the memory) and float32 on the CPU."""
+    import torch
+
     if requested == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     dtype: torch.dtype = getattr(torch, requested)

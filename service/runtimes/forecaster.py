@@ -6,14 +6,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from service.errors import InputError
-from service.runtimes.base import DecodeLimits, TensorSpec
+from service.runtimes.base import DecodeLimits, Runtime, TensorSpec
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -22,20 +23,18 @@ class SeriesItem:
     horizon: int
 
 
-class ForecasterRuntime:
+class ForecasterRuntime(Runtime):
     task = "forecasting"
+    payload_type = SeriesItem
+    result_type = np.ndarray  # [horizon]
 
-    def __init__(self, module: nn.Module, manifest: dict[str, Any], device: torch.device, dtype: torch.dtype,
-                 limits: DecodeLimits, tokenizer: Any = None) -> None:
-        # Recurrences over raw values are kept in float32 whatever SERVE_DTYPE says.
-        self.module = module.to(device=device, dtype=torch.float32)
-        self.device = device
+    def __init__(self, manifest: dict[str, Any], limits: DecodeLimits, tokenizer: Any = None) -> None:
+        super().__init__(manifest, limits, tokenizer)
         config = manifest["config"]
         self.step_horizon = int(config["horizon"])
         self.window = int(config["window"])
         self.min_history = int(config["min_history"])
         self.max_horizon = int(manifest.get("preprocessing", {}).get("max_horizon", self.step_horizon))
-        self.labels = None
         self.inputs = [TensorSpec("series", "FP32", [-1, -1])]
         self.outputs = [TensorSpec("forecast", "FP32", [-1, -1])]
 
@@ -55,8 +54,20 @@ class ForecasterRuntime:
             raise InputError(index, "series values must be finite numbers")
         return SeriesItem(values[-self.window:].astype(np.float32), self.check_horizon(horizon))
 
-    @torch.inference_mode()
+    def attach(self, module: Any, device: torch.device, dtype: torch.dtype) -> None:
+        import torch
+
+        super().attach(module, device, torch.float32)  # recurrences over raw values stay in float32
+
     def forward(self, payloads: list[SeriesItem]) -> Sequence[np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            return self._roll_out(payloads)
+
+    def _roll_out(self, payloads: list[SeriesItem]) -> list[np.ndarray]:
+        import torch
+
         histories = [item.history for item in payloads]
         produced: list[list[np.ndarray]] = [[] for _ in payloads]
         rounds = math.ceil(max(item.horizon for item in payloads) / self.step_horizon)

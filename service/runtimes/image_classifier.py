@@ -6,30 +6,27 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from models.imaging import png_bytes
 from service.errors import InputError
-from service.runtimes.base import DecodeLimits, TensorSpec, classification_item
+from service.runtimes.base import DecodeLimits, Runtime, TensorSpec, classification_item
 from service.runtimes.images import decode_image
 
+if TYPE_CHECKING:
+    import torch
 
-class ImageRuntime:
+
+class ImageRuntime(Runtime):
     """Decoding shared by image models: files of any format, or raw pixels (OIP V2)."""
 
-    task = ""
+    payload_type = np.ndarray  # float32 [C, H, W] in [0, 1]
 
-    def __init__(self, module: nn.Module, manifest: dict[str, Any], device: torch.device,
-                 dtype: torch.dtype, limits: DecodeLimits, tokenizer: Any = None) -> None:
-        self.module = module.to(device=device, dtype=dtype)
-        self.device = device
-        self.dtype = dtype
-        self.limits = limits
-        self.labels: list[str] = list(manifest.get("labels") or [])
+    def __init__(self, manifest: dict[str, Any], limits: DecodeLimits, tokenizer: Any = None) -> None:
+        super().__init__(manifest, limits, tokenizer)
+        self.labels = list(manifest.get("labels") or [])
         channels, height, width = manifest.get("preprocessing", {}).get("shape", [1, 28, 28])
         self.shape = (int(channels), int(height), int(width))
         self.inputs = [TensorSpec("pixels", "FP32", [-1, *self.shape])]
@@ -50,6 +47,8 @@ class ImageRuntime:
         return np.ascontiguousarray(array, dtype=np.float32)
 
     def batch(self, payloads: list[np.ndarray]) -> torch.Tensor:
+        import torch
+
         return torch.from_numpy(np.stack(payloads)).to(self.device, self.dtype, non_blocking=True)
 
     def warmup(self, max_batch_size: int) -> None:
@@ -62,19 +61,22 @@ class ImageRuntime:
 
 class ImageClassifierRuntime(ImageRuntime):
     task = "image-classification"
+    result_type = np.ndarray  # class probabilities [C]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.outputs = [TensorSpec("probabilities", "FP32", [-1, len(self.labels)]),
+        self.outputs = [TensorSpec("probabilities", "FP32", [-1, len(self.labels or [])]),
                         TensorSpec("label", "BYTES", [-1])]
 
-    @torch.inference_mode()
     def forward(self, payloads: list[np.ndarray]) -> Sequence[np.ndarray]:
-        probabilities = torch.softmax(self.module(self.batch(payloads)).float(), dim=-1)  # [N, C]
-        return list(probabilities.cpu().numpy())
+        import torch
+
+        with torch.inference_mode():
+            probabilities = torch.softmax(self.module(self.batch(payloads)).float(), dim=-1)  # [N, C]
+            return list(probabilities.cpu().numpy())
 
     def encode(self, probabilities: np.ndarray, params: Any) -> dict[str, Any]:
-        return classification_item(probabilities, self.labels, params.top_k)
+        return classification_item(probabilities, self.labels or [], params.top_k)
 
 
 @dataclass(frozen=True)
@@ -85,18 +87,21 @@ class AnomalyResult:
 
 class AnomalyRuntime(ImageRuntime):
     task = "anomaly-detection"
+    result_type = AnomalyResult
 
-    def __init__(self, module: nn.Module, manifest: dict[str, Any], *args: Any, **kwargs: Any) -> None:
-        super().__init__(module, manifest, *args, **kwargs)
+    def __init__(self, manifest: dict[str, Any], limits: DecodeLimits, tokenizer: Any = None) -> None:
+        super().__init__(manifest, limits, tokenizer)
         self.threshold = float(manifest["threshold"])
         self.outputs = [TensorSpec("anomaly_score", "FP32", [-1]), TensorSpec("is_anomaly", "BOOL", [-1]),
                         TensorSpec("reconstruction", "FP32", [-1, *self.shape])]
 
-    @torch.inference_mode()
     def forward(self, payloads: list[np.ndarray]) -> Sequence[AnomalyResult]:
-        pixels = self.batch(payloads)
-        reconstruction = self.module(pixels)
-        scores = self.module.score(pixels.float(), reconstruction.float())  # type: ignore[operator]
+        import torch
+
+        with torch.inference_mode():
+            pixels = self.batch(payloads)
+            reconstruction = self.module(pixels)
+            scores = self.module.score(pixels.float(), reconstruction.float())
         return [AnomalyResult(float(score), image) for score, image in
                 zip(scores.cpu().numpy(), reconstruction.float().cpu().numpy(), strict=True)]
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from models.diffusion import UNet, ddim_step, ddim_timesteps
 from models.imaging import grid, png_bytes
-from service.runtimes.base import DecodeLimits, TensorSpec
+from service.runtimes.base import DecodeLimits, Runtime, TensorSpec
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -37,13 +37,15 @@ class Samples:
     labels: list[int | None]  # None: an unconditional model
 
 
-class _ImageOutputs:
+class _ImageOutputs(Runtime):
     """What every generator shares: its labels, and its answers as a PNG grid or JSON."""
 
-    def __init__(self, module: nn.Module, manifest: dict[str, Any], device: torch.device) -> None:
-        self.module = module.to(device=device, dtype=torch.float32)  # exact bytes per seed: no half precision
-        self.device = device
-        self.labels: list[str] | None = manifest.get("labels")
+    task = "image-generation"
+    payload_type = SampleRequest
+    result_type = Samples
+
+    def __init__(self, manifest: dict[str, Any], limits: DecodeLimits, tokenizer: Any = None) -> None:
+        super().__init__(manifest, limits, tokenizer)
         self.conditional = bool(manifest.get("conditional", False))
         self.classes = int(manifest["config"].get("num_classes", 0))
         # V2 infer: "seed" and "n" (how many images), and "label" for conditional models; "steps" is added
@@ -52,6 +54,11 @@ class _ImageOutputs:
         if self.conditional:
             self.inputs.append(TensorSpec("label", "INT64", [1]))
         self.outputs = [TensorSpec("images", "FP32", [-1, 1, 28, 28])]
+
+    def attach(self, module: Any, device: torch.device, dtype: torch.dtype) -> None:
+        import torch
+
+        super().attach(module, device, torch.float32)  # exact bytes per seed: no half precision
 
     def label_name(self, label: int) -> str:
         return self.labels[label] if self.labels else str(label)
@@ -69,30 +76,32 @@ class _ImageOutputs:
 class ImageGeneratorRuntime(_ImageOutputs):
     """A GAN generator: noise (and a label) -> images in one forward per request."""
 
-    task = "image-generation"
     steps = None  # one forward: no sampling steps to choose
 
-    def __init__(self, module: nn.Module, manifest: dict[str, Any], device: torch.device, dtype: torch.dtype,
-                 limits: DecodeLimits, tokenizer: Any = None) -> None:
-        super().__init__(module, manifest, device)
+    def __init__(self, manifest: dict[str, Any], limits: DecodeLimits, tokenizer: Any = None) -> None:
+        super().__init__(manifest, limits, tokenizer)
         self.latent = int(manifest["config"]["latent"])
 
     def decode_request(self, request: SampleRequest, index: int) -> SampleRequest:
         return request  # validated by the route's parameter schema
 
-    @torch.inference_mode()
     def forward(self, payloads: list[SampleRequest]) -> Sequence[Samples]:
-        results = []
-        for request in payloads:
-            rng = torch.Generator().manual_seed(request.seed)
-            noise = torch.randn(request.n, self.latent, generator=rng)
-            if request.label is not None:
-                labels = torch.full((request.n,), request.label, dtype=torch.long)
-            else:
-                labels = torch.randint(0, max(1, self.classes), (request.n,), generator=rng)
-            images = self.module(noise.to(self.device), labels.to(self.device))  # [n, 1, 28, 28]
-            results.append(Samples(request.seed, images[:, 0].float().cpu().numpy(), list(labels.tolist())))
-        return results
+        import torch
+
+        with torch.inference_mode():
+            return [self._draw(request) for request in payloads]
+
+    def _draw(self, request: SampleRequest) -> Samples:
+        import torch
+
+        rng = torch.Generator().manual_seed(request.seed)
+        noise = torch.randn(request.n, self.latent, generator=rng)
+        if request.label is not None:
+            labels = torch.full((request.n,), request.label, dtype=torch.long)
+        else:
+            labels = torch.randint(0, max(1, self.classes), (request.n,), generator=rng)
+        images = self.module(noise.to(self.device), labels.to(self.device))  # [n, 1, 28, 28]
+        return Samples(request.seed, images[:, 0].float().cpu().numpy(), list(labels.tolist()))
 
     def warmup(self, max_batch_size: int) -> None:
         self.forward([SampleRequest(16, 0, None)])
@@ -114,38 +123,44 @@ class DiffusionRuntime(_ImageOutputs):
     arithmetic does not depend on how many other rows share its step.
     """
 
-    task = "image-generation"
+    scheduler = "denoising"
 
-    def __init__(self, module: nn.Module, manifest: dict[str, Any], device: torch.device, dtype: torch.dtype,
-                 limits: DecodeLimits, tokenizer: Any = None) -> None:
-        super().__init__(module, manifest, device)
-        assert isinstance(self.module, UNet)
-        self.unet: UNet = self.module
+    def __init__(self, manifest: dict[str, Any], limits: DecodeLimits, tokenizer: Any = None) -> None:
+        super().__init__(manifest, limits, tokenizer)
         sampling = manifest.get("sampling", {})
+        self.timesteps = int(manifest["config"].get("timesteps", 1000))
         self.steps = StepBounds(int(sampling.get("default_steps", 50)), 1,
-                                int(sampling.get("max_steps", self.unet.config.timesteps)))
+                                int(sampling.get("max_steps", self.timesteps)))
         self.rows_per_forward = 16  # set by the registry from the model's max_batch_size
         self.inputs.append(TensorSpec("steps", "INT64", [1]))
 
     def schedule(self, request: SampleRequest) -> list[int]:
         """The request's timesteps, descending; the last update goes from the last one to the clean image."""
-        return ddim_timesteps(self.unet.config.timesteps, request.steps or self.steps.default)
+        from models.diffusion import ddim_timesteps
+
+        return ddim_timesteps(self.timesteps, request.steps or self.steps.default)
 
     def noise(self, request: SampleRequest) -> torch.Tensor:
+        import torch
+
         generator = torch.Generator().manual_seed(request.seed)
         return torch.randn(request.n, 1, 28, 28, generator=generator).to(self.device)  # [n, 1, 28, 28]
 
-    @torch.inference_mode()
     def step(self, x: torch.Tensor, t: list[int], t_next: list[int]) -> torch.Tensor:
         """One DDIM update of every row of x [R, 1, 28, 28] from t[r] to t_next[r] (-1: the clean image)."""
+        import torch
+
+        from models.diffusion import ddim_step
+
         rows, chunk = len(x), self.rows_per_forward
         padded = -(-rows // chunk) * chunk
-        x = torch.cat([x, x.new_zeros(padded - rows, *x.shape[1:])])
-        t_all = torch.tensor(t + [0] * (padded - rows), device=self.device)
-        t_next_all = torch.tensor(t_next + [-1] * (padded - rows), device=self.device)
-        parts = [ddim_step(self.unet, x[i:i + chunk], t_all[i:i + chunk], t_next_all[i:i + chunk])
-                 for i in range(0, padded, chunk)]
-        return torch.cat(parts)[:rows]
+        with torch.inference_mode():
+            x = torch.cat([x, x.new_zeros(padded - rows, *x.shape[1:])])
+            t_all = torch.tensor(t + [0] * (padded - rows), device=self.device)
+            t_next_all = torch.tensor(t_next + [-1] * (padded - rows), device=self.device)
+            parts = [ddim_step(self.module, x[i:i + chunk], t_all[i:i + chunk], t_next_all[i:i + chunk])
+                     for i in range(0, padded, chunk)]
+            return torch.cat(parts)[:rows]
 
     @staticmethod
     def pixels(x: torch.Tensor) -> np.ndarray:

@@ -8,13 +8,13 @@ join after their own prefill and leave between steps, so the batch changes shape
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from service.errors import InputError
-from service.runtimes.base import DecodeLimits, TensorSpec
+from service.runtimes.base import DecodeLimits, Runtime, TensorSpec
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,33 @@ class Sampling:
     top_p: float = 1.0
 
 
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What the front-end sends the decoding loop: the prompt's ids and how to sample."""
+
+    prompt_ids: list[int]
+    max_tokens: int
+    sampling: Sampling
+    seed: int | None
+    stop: tuple[str, ...]
+    deadline: float  # time.monotonic(): it must be admitted to the running batch before this
+
+
+@dataclass(frozen=True)
+class Piece:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: str  # "length" | "stop"
+    tokens: int
+    prompt_tokens: int
+
+
+Event = Piece | Finished
+
+
 def sample(logits: torch.Tensor, samplings: list[Sampling], generators: list[torch.Generator]) -> list[int]:
     """One token per row of logits [N, V], each row with its own settings and random generator.
 
@@ -31,6 +58,8 @@ def sample(logits: torch.Tensor, samplings: list[Sampling], generators: list[tor
     one uniform draw from the row's own generator, so a seeded request gets the same text whatever
     else shares its batch. Vectorised over rows: one pass per decoding step, not one per sequence.
     """
+    import torch
+
     logits = logits.float()
     vocab = logits.shape[1]
     temperature = torch.tensor([s.temperature for s in samplings], device=logits.device)
@@ -52,18 +81,17 @@ def sample(logits: torch.Tensor, samplings: list[Sampling], generators: list[tor
     return [int(token) for token in chosen.tolist()]
 
 
-class LanguageModelRuntime:
+class LanguageModelRuntime(Runtime):
     task = "text-generation"
+    scheduler = "generation"
+    payload_type = GenerationRequest
 
-    def __init__(self, module: nn.Module, manifest: dict[str, Any], device: torch.device, dtype: torch.dtype,
-                 limits: DecodeLimits, tokenizer: Any = None) -> None:
-        self.module = module.to(device=device, dtype=dtype)
-        self.device = device
+    def __init__(self, manifest: dict[str, Any], limits: DecodeLimits, tokenizer: Any = None) -> None:
+        super().__init__(manifest, limits, tokenizer)
         self.vocab: list[str] = list(manifest["vocab"])
         self.index = {char: i for i, char in enumerate(self.vocab)}
         self.family = manifest["architecture"]
         self.context: int | None = manifest["config"].get("block_size") if self.family == "gpt" else None
-        self.labels = None
         self.inputs = [TensorSpec("prompt", "BYTES", [1])]
         self.outputs = [TensorSpec("text", "BYTES", [1])]
 
@@ -74,19 +102,26 @@ class LanguageModelRuntime:
             raise InputError(None, f"prompt has characters outside the model's vocabulary: {''.join(unknown)!r}")
         return [self.index[c] for c in text] or [self.index.get("\n", 0)]
 
-    def decode(self, token: int) -> str:
+    def token_text(self, token: int) -> str:
         return self.vocab[token]
 
     # -- state (inference worker) ------------------------------------------------------------
-    @torch.inference_mode()
     def prefill(self, ids: list[int]) -> tuple[Any, torch.Tensor]:
         """Run one prompt alone: its row state and the logits [V] for the next token."""
+        import torch
+
+        with torch.inference_mode():
+            return self._prefill(ids)
+
+    def _prefill(self, ids: list[int]) -> tuple[Any, torch.Tensor]:
+        import torch
+
         if self.context is not None:
             ids = ids[-(self.context - 1):]  # a GPT sees at most its context; keep the prompt's end
         tokens = torch.tensor([ids], device=self.device)
         if self.family == "gpt":
             logits, layers = self.module(tokens)
-            cache = self.module.empty_cache(1)  # type: ignore[operator]
+            cache = self.module.empty_cache(1)
             for (keys, values), (new_keys, new_values) in zip(cache, layers, strict=True):
                 keys[:, :, : len(ids)] = new_keys
                 values[:, :, : len(ids)] = new_values
@@ -96,6 +131,8 @@ class LanguageModelRuntime:
 
     def join(self, batch: Any, rows: list[Any]) -> Any:
         """The batch state with ``rows`` appended (batch may be None)."""
+        import torch
+
         parts = ([batch] if batch is not None else []) + rows
         if self.family == "gpt":
             cache = [(torch.cat([p[0][layer][0] for p in parts]), torch.cat([p[0][layer][1] for p in parts]))
@@ -105,6 +142,8 @@ class LanguageModelRuntime:
 
     def keep(self, batch: Any, rows: list[int]) -> Any:
         """The batch state with only ``rows`` (None when empty)."""
+        import torch
+
         if not rows:
             return None
         index = torch.tensor(rows, device=self.device)
@@ -115,6 +154,8 @@ class LanguageModelRuntime:
 
     def full_rows(self, batch: Any) -> list[int]:
         """Rows whose context is full (a GPT's next position would be past its block size)."""
+        import torch
+
         if self.family != "gpt" or batch is None:
             return []
         return [int(i) for i in torch.nonzero(batch[1] >= self.context).flatten()]
@@ -129,9 +170,16 @@ class LanguageModelRuntime:
         batch[0][:, row], batch[1][:, row] = state[0][:, 0], state[1][:, 0]
         return batch
 
-    @torch.inference_mode()
     def step(self, batch: Any, tokens: list[int]) -> tuple[Any, torch.Tensor]:
         """Feed one token per row: the advanced state and logits [N, V]."""
+        import torch
+
+        with torch.inference_mode():
+            return self._step(batch, tokens)
+
+    def _step(self, batch: Any, tokens: list[int]) -> tuple[Any, torch.Tensor]:
+        import torch
+
         ids = torch.tensor(tokens, device=self.device)[:, None]
         if self.family == "gpt":
             cache, lengths = batch

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from service.errors import InputError
-from service.runtimes.base import DecodeLimits, TensorSpec, classification_item
+from service.runtimes.base import DecodeLimits, Runtime, TensorSpec, classification_item
+
+if TYPE_CHECKING:
+    import torch
 
 BUCKET_GROWTH = 1.5  # a new bucket starts where lengths exceed 1.5x the bucket's shortest
 
@@ -42,24 +43,21 @@ def length_buckets(lengths: Sequence[int], growth: float = BUCKET_GROWTH) -> lis
     return buckets
 
 
-class TextRuntime:
+class TextRuntime(Runtime):
     """Shared by the text classifier and embedder: tokenization, bucketing, padding, the forward."""
 
-    task = ""
+    payload_type = TextItem
+    result_type = TextResult
 
-    def __init__(self, module: nn.Module, manifest: dict[str, Any], device: torch.device, dtype: torch.dtype,
-                 limits: DecodeLimits, tokenizer: Any) -> None:
+    def __init__(self, manifest: dict[str, Any], limits: DecodeLimits, tokenizer: Any = None) -> None:
         if tokenizer is None:
             raise ValueError(f"{manifest['name']}: a text model needs a tokenizer in its artifact")
-        self.module = module.to(device=device, dtype=dtype)
-        self.device, self.dtype = device, dtype
+        super().__init__(manifest, limits, tokenizer)
         self.max_tokens = int(manifest.get("preprocessing", {}).get("max_tokens", 128))
         self.pad_id = int(manifest["config"].get("pad_id", 0))
         self.tokenizer = tokenizer
         self.tokenizer.enable_truncation(self.max_tokens)  # the tokenizer keeps [SEP] when it truncates
-        self.labels: list[str] | None = manifest.get("labels")
         self.inputs = [TensorSpec("text", "BYTES", [-1])]
-        self.outputs: list[TensorSpec] = []
 
     def decode_text(self, text: Any, index: int) -> TextItem:
         if not isinstance(text, str):
@@ -78,8 +76,15 @@ class TextRuntime:
                 raise InputError(index, "text is not valid UTF-8") from None
         return self.decode_text(raw, index)
 
-    @torch.inference_mode()
     def run_module(self, items: list[TextItem]) -> list[np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            return self._run_buckets(items)
+
+    def _run_buckets(self, items: list[TextItem]) -> list[np.ndarray]:
+        import torch
+
         outputs: list[np.ndarray] = [np.empty(0)] * len(items)
         for bucket in length_buckets([len(item.ids) for item in items]):
             longest = max(len(items[i].ids) for i in bucket)
@@ -113,7 +118,7 @@ class TextClassifierRuntime(TextRuntime):
                         TensorSpec("label", "BYTES", [-1])]
 
     def postprocess(self, output: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(output, dim=-1)
+        return output.softmax(dim=-1)
 
     def encode(self, result: TextResult, params: Any) -> dict[str, Any]:
         return {**classification_item(result.vector, self.labels or [], params.top_k), "truncated": result.truncated}
@@ -122,8 +127,8 @@ class TextClassifierRuntime(TextRuntime):
 class TextEmbedderRuntime(TextRuntime):
     task = "text-embedding"
 
-    def __init__(self, module: nn.Module, manifest: dict[str, Any], *args: Any, **kwargs: Any) -> None:
-        super().__init__(module, manifest, *args, **kwargs)
+    def __init__(self, manifest: dict[str, Any], limits: DecodeLimits, tokenizer: Any = None) -> None:
+        super().__init__(manifest, limits, tokenizer)
         self.dimensions = int(manifest["config"]["dim"])
         self.outputs = [TensorSpec("embedding", "FP32", [-1, self.dimensions])]
 

@@ -102,7 +102,7 @@ def test_a_client_that_leaves_stops_its_generation(live_server: LiveServer) -> N
     body = json.dumps({"prompt": "the ", "max_tokens": 2000, "stream": True}).encode()
     request = (f"POST /v1/models/tiny-char-lstm/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-    decoder = live_server.app.state.registry.get("tiny-char-lstm").decoder
+    decoder = live_server.app.state.engine.registry.get("tiny-char-lstm", 1).scheduler
     with socket.create_connection(("127.0.0.1", live_server.port)) as sock:
         sock.sendall(request)
         received = b""

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from service.batcher import (
+from service.engine.batcher import (
     BatchConfig,
     Batcher,
     BatchFailed,

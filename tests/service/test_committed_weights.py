@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.main import create_app
+from service.frontend.main import create_app
 from service.settings import Settings
 from tests.conftest import REPO_ROOT, wait_ready
 from training.data import data_root, load_image_split, load_series, load_shakespeare, load_sst2

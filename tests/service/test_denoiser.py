@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import models
-from service.batcher import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull
-from service.denoiser import DenoiseLoop
+from service.engine.batcher import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull
+from service.engine.denoising_loop import DenoisingLoop
 from service.runtimes import DecodeLimits, DiffusionRuntime
 from service.runtimes.image_generator import SampleRequest, Samples
 from tests.conftest import make_diffusion_artifact
@@ -25,7 +25,8 @@ from tests.service.test_batcher import Observer
 @pytest.fixture
 def runtime(tmp_path: Path) -> DiffusionRuntime:
     module, manifest = models.load(make_diffusion_artifact(tmp_path))
-    runtime = DiffusionRuntime(module, manifest, torch.device("cpu"), torch.float32, DecodeLimits(10_000))
+    runtime = DiffusionRuntime(manifest, DecodeLimits(10_000))
+    runtime.attach(module, torch.device("cpu"), torch.float32)
     runtime.warmup(8)  # eight rows per forward
     return runtime
 
@@ -33,7 +34,7 @@ def runtime(tmp_path: Path) -> DiffusionRuntime:
 async def sample_all(runtime: DiffusionRuntime, requests: list[SampleRequest], observer: Observer,
                      max_active_rows: int = 16, max_queue: int = 64, one_by_one: bool = False) -> list[Any]:
     with ThreadPoolExecutor(max_workers=1) as executor:
-        loop = DenoiseLoop("tiny", runtime, executor, max_active_rows, max_queue, observer)
+        loop = DenoisingLoop("tiny", runtime, executor, max_active_rows, max_queue, observer)
         loop.start()
         deadline = time.monotonic() + 30
         try:
@@ -69,7 +70,7 @@ def test_an_expired_request_leaves_between_steps_and_the_others_finish(runtime: 
     async def scenario() -> list[Any]:
         observer = Observer()
         with ThreadPoolExecutor(max_workers=1) as executor:
-            loop = DenoiseLoop("tiny", runtime, executor, 64, 64, observer)
+            loop = DenoisingLoop("tiny", runtime, executor, 64, 64, observer)
             loop.start()
             slow = loop.submit(SampleRequest(2, 1, None, 1000), time.monotonic() + 0.3)
             quick = loop.submit(SampleRequest(2, 2, None, 3), time.monotonic() + 30)
@@ -87,7 +88,7 @@ def test_a_cancelled_request_is_dropped_before_its_next_step(runtime: DiffusionR
     async def scenario() -> Observer:
         observer = Observer()
         with ThreadPoolExecutor(max_workers=1) as executor:
-            loop = DenoiseLoop("tiny", runtime, executor, 64, 64, observer)
+            loop = DenoisingLoop("tiny", runtime, executor, 64, 64, observer)
             loop.start()
             task = asyncio.ensure_future(loop.submit(SampleRequest(2, 1, None, 1000), time.monotonic() + 30))
             await asyncio.sleep(0.1)
@@ -125,7 +126,7 @@ def test_a_failing_step_fails_its_requests_and_the_loop_goes_on(runtime: Diffusi
 
     async def scenario() -> list[Any]:
         with ThreadPoolExecutor(max_workers=1) as executor:
-            loop = DenoiseLoop("tiny", runtime, executor, 64, 64, Observer())
+            loop = DenoisingLoop("tiny", runtime, executor, 64, 64, Observer())
             loop.start()
             first = await asyncio.gather(loop.submit(SampleRequest(1, 1, None, 3), time.monotonic() + 30),
                                          return_exceptions=True)

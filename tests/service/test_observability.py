@@ -57,7 +57,7 @@ def test_openapi_lists_every_route(client: TestClient) -> None:
 
 
 def test_a_client_that_leaves_is_dropped_before_the_forward(live_server: LiveServer, digit_png: bytes) -> None:
-    registry = live_server.app.state.registry
+    registry = live_server.app.state.engine.registry
     base = f"http://{live_server.url}"
     before = httpx.get(f"{base}/metrics").text
     busy = registry.executor.submit(time.sleep, 1.0)  # the device is busy with another forward
@@ -83,7 +83,7 @@ def test_a_client_that_leaves_is_dropped_before_the_forward(live_server: LiveSer
 
 def test_a_dead_worker_turns_readiness_off(make_client, digit_png: bytes) -> None:  # type: ignore[no-untyped-def]
     client = make_client()
-    client.app.state.registry.executor.shutdown(wait=True)  # the inference worker is gone
+    client.app.state.engine.registry.executor.shutdown(wait=True)  # the inference worker is gone
     response = client.post("/v1/models/tiny-cnn/predict", content=digit_png, headers={"content-type": "image/png"})
     assert response.status_code == 503 and response.json()["error"]
     ready = client.get("/v2/health/ready")
@@ -95,13 +95,13 @@ def test_a_dead_worker_turns_readiness_off(make_client, digit_png: bytes) -> Non
 
 def test_a_broken_artifact_fails_its_model_not_the_server(make_client, weights_dir) -> None:  # type: ignore[no-untyped-def]
     (weights_dir / "tiny-resnet" / "1" / "model.safetensors").write_bytes(b"tampered")
-    from service.main import create_app
+    from service.frontend.main import create_app
     from service.settings import Settings
 
     app = create_app(Settings(weights_dir=weights_dir, device="cpu", torch_threads=1))
     with TestClient(app) as client:
         deadline = time.monotonic() + 20
-        while not app.state.registry.loading_done and time.monotonic() < deadline:
+        while client.get("/v1/models/tiny-resnet").json()["status"] == "loading" and time.monotonic() < deadline:
             time.sleep(0.02)
         assert client.get("/v2/health/ready").status_code == 503
         detail = client.get("/v1/models/tiny-resnet").json()

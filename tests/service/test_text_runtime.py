@@ -20,8 +20,9 @@ def runtime_for(tmp_path: Path, name: str) -> TextClassifierRuntime:
     path = make_text_artifact(tmp_path, name)
     module, manifest = models.load(path)
     runtime_class = TextEmbedderRuntime if manifest["task"] == "text-embedding" else TextClassifierRuntime
-    return runtime_class(module, manifest, torch.device("cpu"), torch.float32, DecodeLimits(10**6),
-                         tokenizer=models.load_tokenizer(path, manifest))
+    runtime = runtime_class(manifest, DecodeLimits(10**6), tokenizer=models.load_tokenizer(path, manifest))
+    runtime.attach(module, torch.device("cpu"), torch.float32)
+    return runtime
 
 
 def test_length_buckets_group_similar_lengths() -> None:

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import models
-from service.main import create_app
+from service.frontend.main import create_app
 from service.settings import Settings
 from tests.conftest import REPO_ROOT, wait_ready
 from training.common import latest_version_dir

@@ -9,10 +9,10 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from service.errors import ServeError
-from service.predict import decode_and_infer, denoise
-from service.registry import Registry, ServedModel
+from service.frontend.catalog import Catalog, ServedModel
+from service.frontend.predict import admit, decode_and_infer, denoise
+from service.frontend.routes.deps import CatalogDep
 from service.responses import JSONResponse
-from service.routes.deps import RegistryDep
 from service.runtimes.image_generator import SampleRequest, Samples
 from service.schemas import ERROR_RESPONSES, SampleParameters
 
@@ -28,7 +28,7 @@ def generator_runtime(served: ServedModel) -> Any:
     return served.runtime
 
 
-async def draw(request: Request, served: ServedModel, registry: Registry, params: SampleParameters) -> Samples:
+async def draw(request: Request, served: ServedModel, catalog: Catalog, params: SampleParameters) -> Samples:
     """Check the parameters against this generator, then sample on its worker (shared with V2 infer)."""
     runtime = generator_runtime(served)
     if params.label is not None and (not runtime.conditional or params.label >= runtime.classes):
@@ -40,16 +40,17 @@ async def draw(request: Request, served: ServedModel, registry: Registry, params
         raise ServeError(400, f"steps {params.steps} is out of range; steps: {allowed}", "invalid_input")
     seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
     sample_request = SampleRequest(params.n, seed, params.label, params.steps)
-    if served.denoiser is not None:
-        return await denoise(request, served, sample_request, registry.timeout_s(served))
+    if runtime.scheduler == "denoising":
+        return await denoise(request, served, sample_request, catalog.timeout_s(served))
     [samples] = await decode_and_infer(request, served, runtime.decode_request, [sample_request],
-                                       registry.timeout_s(served))
+                                       catalog.timeout_s(served))
     return samples
 
 
-async def _samples(request: Request, served: ServedModel, registry: Registry, params: SampleParameters) -> Response:
+async def _samples(request: Request, served: ServedModel, catalog: Catalog, params: SampleParameters) -> Response:
     runtime = generator_runtime(served)
-    samples = await draw(request, served, registry, params)
+    admit(served)
+    samples = await draw(request, served, catalog, params)
     headers = {"X-Seed": str(samples.seed)}
     if params.format == "json":
         return JSONResponse(runtime.as_json(samples), headers=headers)
@@ -58,13 +59,13 @@ async def _samples(request: Request, served: ServedModel, registry: Registry, pa
 
 @router.get("/v1/models/{name}/samples", summary="Images from a generator (PNG grid or JSON)",
             responses=SAMPLE_RESPONSES)
-async def samples(name: str, request: Request, registry: RegistryDep,
+async def samples(name: str, request: Request, catalog: CatalogDep,
                   params: Annotated[SampleParameters, Query()]) -> Response:
-    return await _samples(request, registry.get(name), registry, params)
+    return await _samples(request, catalog.get(name), catalog, params)
 
 
 @router.get("/v1/models/{name}/versions/{version}/samples", summary="Images from one generator version",
             responses=SAMPLE_RESPONSES)
-async def samples_version(name: str, version: str, request: Request, registry: RegistryDep,
+async def samples_version(name: str, version: str, request: Request, catalog: CatalogDep,
                           params: Annotated[SampleParameters, Query()]) -> Response:
-    return await _samples(request, registry.get(name, version), registry, params)
+    return await _samples(request, catalog.get(name, version), catalog, params)

@@ -19,14 +19,14 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from service import generation
-from service.decoder import Piece
 from service.errors import ServeError
-from service.predict import decode_and_infer
+from service.frontend import generation
+from service.frontend.predict import decode_and_infer
+from service.frontend.routes.bodies import check_count, read_json
+from service.frontend.routes.deps import CatalogDep, SettingsDep
+from service.frontend.routes.generate import sse, stop_strings
 from service.responses import JSONResponse
-from service.routes.bodies import check_count, read_json
-from service.routes.deps import RegistryDep, SettingsDep
-from service.routes.generate import sse, stop_strings
+from service.runtimes.language_model import Piece
 
 router = APIRouter(tags=["openai"])
 
@@ -72,9 +72,9 @@ def _texts(value: str | list[str] | list[int] | list[list[int]]) -> list[str]:
 
 @router.post("/v1/embeddings", summary="Embeddings (OpenAI-compatible)", response_model=EmbeddingsResponse,
              openapi_extra=EMBEDDINGS_BODY)
-async def embeddings(request: Request, registry: RegistryDep, settings: SettingsDep) -> JSONResponse:
+async def embeddings(request: Request, catalog: CatalogDep, settings: SettingsDep) -> JSONResponse:
     body: EmbeddingsRequest = await read_json(request, EmbeddingsRequest)
-    served = registry.get(body.model)
+    served = catalog.get(body.model)
     if served.task != "text-embedding" or served.runtime is None:
         raise ServeError(400, f"model {body.model!r} is not a text embedder ({served.status})",
                          "invalid_request_error")
@@ -84,7 +84,7 @@ async def embeddings(request: Request, registry: RegistryDep, settings: Settings
     if body.dimensions is not None and body.dimensions != runtime.dimensions:
         raise ServeError(400, f"model {body.model} has {runtime.dimensions} dimensions; it cannot shorten them",
                          "invalid_request_error")
-    results = await decode_and_infer(request, served, runtime.decode_text, texts, registry.timeout_s(served))
+    results = await decode_and_infer(request, served, runtime.decode_text, texts, catalog.timeout_s(served))
     tokens = sum(result.tokens for result in results)
     data: list[dict[str, Any]] = []
     for index, result in enumerate(results):
@@ -137,10 +137,10 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 @router.post("/v1/completions", summary="Completions (OpenAI-compatible; stream: true for SSE)",
              openapi_extra=COMPLETIONS_BODY)
-async def completions(request: Request, registry: RegistryDep, settings: SettingsDep) -> Response:
+async def completions(request: Request, catalog: CatalogDep, settings: SettingsDep) -> Response:
     body: CompletionRequest = await read_json(request, CompletionRequest)
     _unsupported(body)
-    served = generation.language_model(registry, body.model)
+    served = generation.language_model(catalog, body.model)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if not prompts or (body.stream and len(prompts) != 1):
         raise ServeError(400, "prompt must be one string (or, without stream, a non-empty list of strings)",
@@ -150,7 +150,7 @@ async def completions(request: Request, registry: RegistryDep, settings: Setting
     identity = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": served.name}
     temperature = 1.0 if body.temperature is None else body.temperature
-    runs = [generation.start(request, served, registry, settings, generation.GenerateParams(
+    runs = [generation.start(request, served, catalog, settings, generation.GenerateParams(
         prompt, body.max_tokens or 16, temperature, None, body.top_p or 1.0, body.seed, stop)) for prompt in prompts]
     if not body.stream:
         done = [await generation.collect(request, run) for run in runs]
@@ -175,4 +175,5 @@ async def completions(request: Request, registry: RegistryDep, settings: Setting
             yield sse({"error": {"message": exc.message, "type": "server_error", "param": None, "code": exc.type}})
         yield sse(b"[DONE]")
 
+    await runs[0].prime()  # a generation that cannot start is an HTTP error, not a stream of one
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

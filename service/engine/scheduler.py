@@ -1,5 +1,6 @@
-"""What the batcher and the decoding loop share: one asyncio task per model version that knows whether
-it is alive and, when it is not, why, and fails whatever waits on it instead of leaving it hanging."""
+"""What every scheduler (batcher, generation loop, denoising loop) shares: one asyncio task per model
+version that knows whether it is alive and, when it is not, why, and fails whatever waits on it instead
+of leaving it hanging."""
 
 from __future__ import annotations
 
@@ -7,14 +8,12 @@ import asyncio
 import logging
 from typing import Any
 
-log = logging.getLogger("service.worker")
+from service.outcomes import ModelUnavailable
+
+log = logging.getLogger("service.engine.scheduler")
 
 
-class ModelUnavailable(Exception):
-    pass
-
-
-class LoopWorker:
+class Scheduler:
     kind = "worker"
 
     def __init__(self, name: str) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
+from service.frontend.routes.deps import CatalogDep
 from service.responses import JSONResponse
-from service.routes.deps import RegistryDep
 
 router = APIRouter(tags=["health"])
 
@@ -15,16 +15,15 @@ async def live() -> JSONResponse:
     return JSONResponse({"live": True})
 
 
-@router.get("/v2/health/ready", summary="Every configured model is loaded, warmed and alive (in every worker)")
-async def ready(request: Request, registry: RegistryDep) -> JSONResponse:
-    peers = request.app.state.peers
-    if registry.ready and (peers is None or peers.all_ready):
+@router.get("/v2/health/ready", summary="The engine is up and every configured model is loaded, warmed and alive")
+async def ready(catalog: CatalogDep) -> JSONResponse:
+    if catalog.ready:
         return JSONResponse({"ready": True})
-    waiting = {f"{s.name}/{s.version}": s.status for s in registry.all() if not s.ready}
-    if waiting:
+    waiting = {f"{s.name}/{s.version}": s.status for s in catalog.all() if not s.ready}
+    if not catalog.engine.up:
+        error = "not ready: the engine is starting or restarting"
+    elif waiting:
         error = "not ready: " + ", ".join(f"{k} {v}" for k, v in waiting.items())
-    elif registry.ready:
-        error = f"not ready: {peers.ready_count()} of {peers.expected} workers are ready"
     else:
         error = "not ready: loading"
     return JSONResponse({"ready": False, "error": error, "type": "unavailable", "models": waiting},

@@ -9,13 +9,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.responses import Response
 
-from service import generation
-from service.decoder import Piece
 from service.errors import ServeError
-from service.registry import ServedModel
+from service.frontend import generation
+from service.frontend.catalog import ServedModel
+from service.frontend.routes.bodies import read_json
+from service.frontend.routes.deps import CatalogDep, SettingsDep
 from service.responses import JSONResponse
-from service.routes.bodies import read_json
-from service.routes.deps import RegistryDep, SettingsDep
+from service.runtimes.language_model import Piece
 from service.schemas import ERROR_RESPONSES, GenerateRequest, GenerateResponse
 
 router = APIRouter(tags=["generation"])
@@ -32,11 +32,11 @@ def sse(data: object) -> bytes:
     return b"data: " + (data if isinstance(data, bytes) else orjson.dumps(data)) + b"\n\n"
 
 
-async def _generate(request: Request, served: ServedModel, registry: RegistryDep, settings: SettingsDep) -> Response:
+async def _generate(request: Request, served: ServedModel, catalog: CatalogDep, settings: SettingsDep) -> Response:
     body: GenerateRequest = await read_json(request, GenerateRequest)
     params = generation.GenerateParams(body.prompt, body.max_tokens, body.temperature, body.top_k, body.top_p,
                                        body.seed, stop_strings(body.stop))
-    running = generation.start(request, served, registry, settings, params)
+    running = generation.start(request, served, catalog, settings, params)
     if not body.stream:
         done = await generation.collect(request, running)
         return JSONResponse({"model": served.name, "version": served.version, "text": done.text,
@@ -53,6 +53,7 @@ async def _generate(request: Request, served: ServedModel, registry: RegistryDep
             yield sse({"error": exc.message, "type": exc.type})
         yield sse(b"[DONE]")
 
+    await running.prime()  # a generation that cannot start is an HTTP error, not a stream of one
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -63,12 +64,12 @@ GENERATE_BODY = {"requestBody": {"required": True, "content": {
 
 @router.post("/v1/models/{name}/generate", summary="Generate text (JSON, or SSE with stream: true)",
              response_model=GenerateResponse, responses=ERROR_RESPONSES, openapi_extra=GENERATE_BODY)
-async def generate(name: str, request: Request, registry: RegistryDep, settings: SettingsDep) -> Response:
-    return await _generate(request, generation.language_model(registry, name), registry, settings)
+async def generate(name: str, request: Request, catalog: CatalogDep, settings: SettingsDep) -> Response:
+    return await _generate(request, generation.language_model(catalog, name), catalog, settings)
 
 
 @router.post("/v1/models/{name}/versions/{version}/generate", summary="Generate text with one version",
              response_model=GenerateResponse, responses=ERROR_RESPONSES, openapi_extra=GENERATE_BODY)
-async def generate_version(name: str, version: str, request: Request, registry: RegistryDep,
+async def generate_version(name: str, version: str, request: Request, catalog: CatalogDep,
                            settings: SettingsDep) -> Response:
-    return await _generate(request, generation.language_model(registry, name, version), registry, settings)
+    return await _generate(request, generation.language_model(catalog, name, version), catalog, settings)

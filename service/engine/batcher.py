@@ -25,9 +25,10 @@ from concurrent.futures import BrokenExecutor, Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from service.worker import LoopWorker, ModelUnavailable
+from service.engine.scheduler import Scheduler
+from service.outcomes import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull, WorkerFatal
 
-log = logging.getLogger("service.batcher")
+log = logging.getLogger("service.engine.batcher")
 __all__ = ["BatchConfig", "BatchFailed", "Batcher", "DeadlineExceeded", "ModelUnavailable", "QueueFull", "WorkerFatal",
            "is_fatal"]
 
@@ -41,24 +42,6 @@ class BatchConfig:
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_queue < 1 or self.max_delay_s < 0:
             raise ValueError(f"invalid batching config {self}")
-
-
-class QueueFull(Exception):
-    def __init__(self, retry_after_s: int) -> None:
-        super().__init__(f"queue full; retry after {retry_after_s} s")
-        self.retry_after_s = retry_after_s
-
-
-class DeadlineExceeded(Exception):
-    pass
-
-
-class BatchFailed(Exception):
-    """The forward of the batch this item was in raised; ``__cause__`` holds the original."""
-
-
-class WorkerFatal(Exception):
-    """Raised by a forward when its device can run nothing more (the worker is dead)."""
 
 
 class BatchObserver(Protocol):
@@ -116,7 +99,7 @@ def is_fatal(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "CUDA error" in str(exc)
 
 
-class Batcher(LoopWorker):
+class Batcher(Scheduler):
     """Collects items from many requests into batches for ``run_batch(payloads) -> results``."""
 
     kind = "batcher"

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.errors import ServeError
+from service.frontend.catalog import Catalog
 from service.metrics import Metrics
-from service.registry import Registry
 from service.settings import Settings
 
 
@@ -18,9 +18,9 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
-def get_registry(request: Request) -> Registry:
-    registry: Registry = request.app.state.registry
-    return registry
+def get_catalog(request: Request) -> Catalog:
+    catalog: Catalog = request.app.state.catalog
+    return catalog
 
 
 def get_metrics(request: Request) -> Metrics:
@@ -41,5 +41,5 @@ def require_api_key(request: Request) -> None:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-RegistryDep = Annotated[Registry, Depends(get_registry)]
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

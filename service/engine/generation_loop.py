@@ -19,36 +19,11 @@ from typing import Any
 
 import torch
 
-from service.batcher import BatchObserver, DeadlineExceeded, ModelUnavailable, QueueFull
-from service.runtimes.language_model import LanguageModelRuntime, Sampling, sample
-from service.worker import LoopWorker
+from service.engine.batcher import BatchFailed, BatchObserver, DeadlineExceeded, ModelUnavailable, QueueFull, is_fatal
+from service.engine.scheduler import Scheduler
+from service.runtimes.language_model import Event, Finished, GenerationRequest, LanguageModelRuntime, Piece, sample
 
-log = logging.getLogger("service.decoder")
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    prompt_ids: list[int]
-    max_tokens: int
-    sampling: Sampling
-    seed: int | None
-    stop: tuple[str, ...]
-    deadline: float  # time.monotonic(): it must be admitted to the running batch before this
-
-
-@dataclass(frozen=True)
-class Piece:
-    text: str
-
-
-@dataclass(frozen=True)
-class Finished:
-    reason: str  # "length" | "stop"
-    tokens: int
-    prompt_tokens: int
-
-
-Event = Piece | Finished
+log = logging.getLogger("service.engine.generation_loop")
 
 
 @dataclass(eq=False)
@@ -69,7 +44,7 @@ class _Sequence:
 class Generation:
     """A handle on one running generation: iterate it for its events; ``cancel`` when its client leaves."""
 
-    def __init__(self, sequence: _Sequence, loop: DecodeLoop) -> None:
+    def __init__(self, sequence: _Sequence, loop: GenerationLoop) -> None:
         self._sequence = sequence
         self._loop = loop
 
@@ -91,7 +66,7 @@ class Generation:
             self._loop.wake()
 
 
-class DecodeLoop(LoopWorker):
+class GenerationLoop(Scheduler):
     kind = "decoder"
 
     def __init__(self, name: str, runtime: LanguageModelRuntime, executor: Executor, max_active: int,
@@ -147,10 +122,13 @@ class DecodeLoop(LoopWorker):
             started = time.perf_counter()
             try:
                 tokens = await loop.run_in_executor(self._executor, self._iterate, keep, joining)
-            except RuntimeError as exc:  # the executor is gone, or the device failed
-                log.error("model %s: decoding failed: %s", self.name, exc)
-                self._die(f"decoding failed: {exc}", joining)
-                return
+            except Exception as exc:
+                if is_fatal(exc) or (isinstance(exc, RuntimeError) and "shutdown" in str(exc)):
+                    log.error("model %s: the device can run nothing more: %r", self.name, exc)
+                    self._die(f"decoding failed: {exc}", joining)
+                    return
+                self._fail_step([self._active[i] for i in keep] + joining, exc)
+                continue
             self._active = [self._active[i] for i in keep] + joining
             if self._observer is not None and self._active:
                 self._observer.batch_done(len(self._active), time.perf_counter() - started)
@@ -177,6 +155,17 @@ class DecodeLoop(LoopWorker):
             self._batch = runtime.join(self._batch, list(states))
         return tokens
 
+    def _fail_step(self, sequences: list[_Sequence], exc: BaseException) -> None:
+        """A step raised: its generations fail (their batch state is gone with it); the loop goes on."""
+        log.warning("model %s: a decoding step of %d generations failed: %r", self.name, len(sequences), exc)
+        self._batch, self._active = None, []
+        for sequence in sequences:
+            if not sequence.done:
+                sequence.done = True
+                failure = BatchFailed(f"a decoding step failed: {exc!r}")
+                failure.__cause__ = exc
+                sequence.events.put_nowait(failure)
+
     def _advance(self, sequence: _Sequence, token: int) -> None:
         if sequence.cancelled:
             sequence.done = True
@@ -184,7 +173,7 @@ class DecodeLoop(LoopWorker):
         sequence.pending = token
         sequence.history.append(token)
         sequence.generated += 1
-        sequence.text += self.runtime.decode(token)
+        sequence.text += self.runtime.token_text(token)
         reason = None
         stops = [sequence.text.find(stop, max(0, sequence.emitted - len(stop))) for stop in sequence.request.stop]
         hits = [index for index in stops if index >= 0]

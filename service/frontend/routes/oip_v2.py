@@ -12,11 +12,11 @@ from pydantic import BaseModel, Field, ValidationError
 
 from service import __version__
 from service.errors import ServeError
-from service.predict import decode_and_infer
-from service.registry import Registry, ServedModel
+from service.frontend.catalog import Catalog, ServedModel
+from service.frontend.predict import admit, decode_and_infer
+from service.frontend.routes.deps import CatalogDep, SettingsDep
+from service.frontend.routes.samples import draw
 from service.responses import JSONResponse
-from service.routes.deps import RegistryDep, SettingsDep
-from service.routes.samples import draw
 from service.schemas import ERROR_RESPONSES, SampleParameters
 
 router = APIRouter(tags=["oip-v2"])
@@ -152,12 +152,12 @@ async def parse_infer_request(request: Request) -> tuple[InferRequest, dict[str,
 
 
 # -- metadata ---------------------------------------------------------------------------------
-def model_metadata(served: ServedModel, registry: Registry) -> dict[str, Any]:
+def model_metadata(served: ServedModel, catalog: Catalog) -> dict[str, Any]:
     runtime = served.runtime
     if runtime is None:
         raise ServeError(503, f"model {served.name} v{served.version} is not loaded ({served.status})",
                          headers={"Retry-After": "5"})
-    return {"name": served.name, "versions": [str(v) for v in sorted(registry.models[served.name])],
+    return {"name": served.name, "versions": [str(v) for v in sorted(catalog.models[served.name])],
             "platform": "pytorch", "inputs": [spec.as_dict() for spec in runtime.inputs],
             "outputs": [spec.as_dict() for spec in runtime.outputs]}
 
@@ -169,13 +169,13 @@ async def server_metadata() -> JSONResponse:
 
 
 @router.get("/v2/models/{name}", summary="Model metadata", responses=ERROR_RESPONSES)
-async def metadata(name: str, registry: RegistryDep) -> JSONResponse:
-    return JSONResponse(model_metadata(registry.get(name), registry))
+async def metadata(name: str, catalog: CatalogDep) -> JSONResponse:
+    return JSONResponse(model_metadata(catalog.get(name), catalog))
 
 
 @router.get("/v2/models/{name}/versions/{version}", summary="Model version metadata", responses=ERROR_RESPONSES)
-async def version_metadata(name: str, version: str, registry: RegistryDep) -> JSONResponse:
-    return JSONResponse(model_metadata(registry.get(name, version), registry))
+async def version_metadata(name: str, version: str, catalog: CatalogDep) -> JSONResponse:
+    return JSONResponse(model_metadata(catalog.get(name, version), catalog))
 
 
 def _readiness(served: ServedModel) -> JSONResponse:
@@ -187,19 +187,19 @@ def _readiness(served: ServedModel) -> JSONResponse:
 
 
 @router.get("/v2/models/{name}/ready", summary="Model readiness", responses=ERROR_RESPONSES)
-async def model_ready(name: str, registry: RegistryDep) -> JSONResponse:
-    return _readiness(registry.get(name))
+async def model_ready(name: str, catalog: CatalogDep) -> JSONResponse:
+    return _readiness(catalog.get(name))
 
 
 @router.get("/v2/models/{name}/versions/{version}/ready", summary="Model version readiness",
             responses=ERROR_RESPONSES)
-async def model_version_ready(name: str, version: str, registry: RegistryDep) -> JSONResponse:
-    return _readiness(registry.get(name, version))
+async def model_version_ready(name: str, version: str, catalog: CatalogDep) -> JSONResponse:
+    return _readiness(catalog.get(name, version))
 
 
-def _config(served: ServedModel, registry: Registry) -> dict[str, Any]:
-    meta = model_metadata(served, registry)
-    batching = registry.batch_config(served)
+def _config(served: ServedModel, catalog: Catalog) -> dict[str, Any]:
+    meta = model_metadata(served, catalog)
+    batching = catalog.batch_config(served)
     return {"name": served.name, "platform": "pytorch", "max_batch_size": batching.max_batch_size,
             "input": [{"name": s["name"], "data_type": "TYPE_" + s["datatype"].replace("BYTES", "STRING"),
                        "dims": s["shape"][1:]} for s in meta["inputs"]],
@@ -210,8 +210,8 @@ def _config(served: ServedModel, registry: Registry) -> dict[str, Any]:
 
 
 @router.get("/v2/models/{name}/config", summary="Model configuration (Triton extension)", responses=ERROR_RESPONSES)
-async def model_config(name: str, registry: RegistryDep) -> JSONResponse:
-    return JSONResponse(_config(registry.get(name), registry))
+async def model_config(name: str, catalog: CatalogDep) -> JSONResponse:
+    return JSONResponse(_config(catalog.get(name), catalog))
 
 
 # -- infer ------------------------------------------------------------------------------------
@@ -311,10 +311,10 @@ def _sample_parameters(tensors: dict[str, np.ndarray], served: ServedModel) -> S
         raise ServeError(422, f"input {first['loc'][0]}: {first['msg']}", "validation_error") from None
 
 
-async def _run(request: Request, served: ServedModel, registry: Registry, parsed: InferRequest,
+async def _run(request: Request, served: ServedModel, catalog: Catalog, parsed: InferRequest,
                tensors: dict[str, np.ndarray], max_inputs: int) -> dict[str, np.ndarray]:
     """Decode the input tensor into items, batch them, and gather the outputs as tensors by name."""
-    runtime, timeout_s = served.runtime, registry.timeout_s(served)
+    runtime, timeout_s = served.runtime, catalog.timeout_s(served)
     if served.task == "forecasting":
         horizon = parsed.parameters.get("horizon", runtime.step_horizon)
         if not isinstance(horizon, int) or isinstance(horizon, bool):
@@ -341,7 +341,7 @@ async def _run(request: Request, served: ServedModel, registry: Registry, parsed
             return {"embedding": vectors}
         probabilities = vectors
     elif served.task == "image-generation":
-        samples = await draw(request, served, registry, _sample_parameters(tensors, served))
+        samples = await draw(request, served, catalog, _sample_parameters(tensors, served))
         return {"images": samples.images[:, None].astype(np.float32)}
     else:
         raise ServeError(400, f"model {served.name} ({served.task}) has no V2 infer", "wrong_task")
@@ -349,13 +349,14 @@ async def _run(request: Request, served: ServedModel, registry: Registry, parsed
     return {"probabilities": probabilities.astype(np.float32), "label": labels}
 
 
-async def _infer(request: Request, served: ServedModel, registry: Registry, max_inputs: int) -> Response:
+async def _infer(request: Request, served: ServedModel, catalog: Catalog, max_inputs: int) -> Response:
     if served.runtime is None:
         raise ServeError(503, f"model {served.name} cannot run V2 infer ({served.status})",
                          headers={"Retry-After": "5"})
+    admit(served)  # a full or unready model refuses before its body is read
     parsed, tensors = await parse_infer_request(request)
     outputs = _requested_outputs(parsed, served)
-    values = await _run(request, served, registry, parsed, tensors, max_inputs)
+    values = await _run(request, served, catalog, parsed, tensors, max_inputs)
     header_outputs, chunks = [], []
     for name, datatype, binary in outputs:
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(values[name].shape)}
@@ -378,13 +379,13 @@ async def _infer(request: Request, served: ServedModel, registry: Registry, max_
 
 @router.post("/v2/models/{name}/infer", summary="Inference (JSON or binary tensors)", responses=ERROR_RESPONSES,
              openapi_extra=INFER_BODY)
-async def infer_latest(name: str, request: Request, registry: RegistryDep, settings: SettingsDep) -> Response:
-    return await _infer(request, registry.get(name), registry, settings.max_inputs_per_request)
+async def infer_latest(name: str, request: Request, catalog: CatalogDep, settings: SettingsDep) -> Response:
+    return await _infer(request, catalog.get(name), catalog, settings.max_inputs_per_request)
 
 
 @router.post("/v2/models/{name}/versions/{version}/infer", summary="Inference on one version",
              responses=ERROR_RESPONSES, openapi_extra=INFER_BODY)
-async def infer_version(name: str, version: str, request: Request, registry: RegistryDep,
+async def infer_version(name: str, version: str, request: Request, catalog: CatalogDep,
                         settings: SettingsDep) -> Response:
-    return await _infer(request, registry.get(name, version), registry, settings.max_inputs_per_request)
+    return await _infer(request, catalog.get(name, version), catalog, settings.max_inputs_per_request)
 

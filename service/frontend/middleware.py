@@ -7,8 +7,8 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import ServeError, error_response
+from service.frontend.predict import ARRIVAL_KEY
 from service.metrics import Metrics
-from service.predict import ARRIVAL_KEY
 
 
 class ServeMiddleware:
@@ -60,6 +60,7 @@ class ServeMiddleware:
         template = getattr(route, "path", None) or "unmatched"
         model = str(scope.get("path_params", {}).get("name", ""))
         self.metrics.requests.labels(model, template, str(status)).inc()
+        self.metrics.frontend_requests.labels(self.metrics.frontend).inc()
         self.metrics.request_seconds.labels(model, template, str(status)).observe(seconds)
 
 

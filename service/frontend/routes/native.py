@@ -8,11 +8,11 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
 
 from service.errors import ServeError
-from service.predict import decode_and_infer
-from service.registry import Registry, ServedModel
+from service.frontend.catalog import Catalog, ServedModel
+from service.frontend.predict import admit, decode_and_infer
+from service.frontend.routes.bodies import read_image_request, read_json_inputs, read_text_request
+from service.frontend.routes.deps import CatalogDep, SettingsDep
 from service.responses import JSONResponse
-from service.routes.bodies import read_image_request, read_json_inputs, read_text_request
-from service.routes.deps import RegistryDep, SettingsDep
 from service.schemas import (
     ERROR_RESPONSES,
     AnomalyParameters,
@@ -43,12 +43,12 @@ IMAGE_BODY = {
 }
 
 
-def model_summary(registry: Registry, name: str) -> dict[str, Any]:
-    latest = registry.get(name)
+def model_summary(catalog: Catalog, name: str) -> dict[str, Any]:
+    latest = catalog.get(name)
     return {
         "id": name, "object": "model", "created": int(latest.loaded_at), "owned_by": "serve",
         "task": latest.task or None, "version": latest.version,
-        "versions": sorted(registry.models[name]), "ready": latest.ready,
+        "versions": sorted(catalog.models[name]), "ready": latest.ready,
     }
 
 
@@ -70,11 +70,10 @@ def parameters_of(served: ServedModel) -> dict[str, Any]:
     return dict(properties)
 
 
-def model_detail(served: ServedModel, registry: Registry) -> dict[str, Any]:
+def model_detail(served: ServedModel, catalog: Catalog) -> dict[str, Any]:
     manifest, runtime = served.manifest, served.runtime
-    config = registry.batch_config(served)
     return {
-        "name": served.name, "version": served.version, "versions": sorted(registry.models[served.name]),
+        "name": served.name, "version": served.version, "versions": sorted(catalog.models[served.name]),
         "ready": served.ready, "status": served.status, "task": served.task or None,
         "architecture": manifest.get("architecture"), "labels": manifest.get("labels"),
         "inputs": [spec.as_dict() for spec in runtime.inputs] if runtime else [],
@@ -84,27 +83,26 @@ def model_detail(served: ServedModel, registry: Registry) -> dict[str, Any]:
         "context": getattr(runtime, "context", None),
         "conditional": manifest.get("conditional"),
         "device": served.device or None, "dtype": served.dtype or None,
-        "batching": {"max_batch_size": config.max_batch_size, "max_delay_ms": config.max_delay_s * 1000,
-                     "max_queue": config.max_queue, "timeout_ms": registry.timeout_s(served) * 1000},
+        "batching": served.config.as_dict,
         "metrics": manifest.get("metrics", {}), "dataset": manifest.get("dataset"),
         "trained": manifest.get("trained"), "sha256": manifest.get("sha256"),
     }
 
 
 @router.get("/v1/models", summary="List the served models")
-async def list_models(registry: RegistryDep) -> JSONResponse:
-    return JSONResponse({"object": "list", "data": [model_summary(registry, name) for name in registry.models]})
+async def list_models(catalog: CatalogDep) -> JSONResponse:
+    return JSONResponse({"object": "list", "data": [model_summary(catalog, name) for name in catalog.models]})
 
 
 @router.get("/v1/models/{name}", summary="Metadata of a model's latest version", responses=ERROR_RESPONSES)
-async def get_model(name: str, registry: RegistryDep) -> JSONResponse:
-    return JSONResponse(model_detail(registry.get(name), registry))
+async def get_model(name: str, catalog: CatalogDep) -> JSONResponse:
+    return JSONResponse(model_detail(catalog.get(name), catalog))
 
 
 @router.get("/v1/models/{name}/versions/{version}", summary="Metadata of one model version",
             responses=ERROR_RESPONSES)
-async def get_model_version(name: str, version: str, registry: RegistryDep) -> JSONResponse:
-    return JSONResponse(model_detail(registry.get(name, version), registry))
+async def get_model_version(name: str, version: str, catalog: CatalogDep) -> JSONResponse:
+    return JSONResponse(model_detail(catalog.get(name, version), catalog))
 
 
 def parse_parameters(schema: type[P], params: dict[str, Any]) -> P:
@@ -123,13 +121,14 @@ PARAMETERS: dict[str, type[BaseModel]] = {"image-classification": ImageParameter
                                           "image-generation": SampleParameters}
 
 
-async def predict_items(request: Request, served: ServedModel, registry: Registry, settings: Settings,
+async def predict_items(request: Request, served: ServedModel, catalog: Catalog, settings: Settings,
                         instances_key: str = "inputs") -> list[dict[str, Any]]:
     """Shared by the native and KServe V1 routes: read the body for the model's task, decode, batch, encode."""
-    runtime, timeout_s = served.runtime, registry.timeout_s(served)
+    runtime, timeout_s = served.runtime, catalog.timeout_s(served)
     if runtime is None:
         raise ServeError(503, f"model {served.name} v{served.version} is not loaded ({served.status})",
                          headers={"Retry-After": "5"})
+    admit(served)  # a full or unready model refuses before its body is read
     if served.task in IMAGE_TASKS:
         raw, params = await read_image_request(request, settings.max_inputs_per_request, settings.max_body_bytes,
                                                instances_key)
@@ -152,19 +151,19 @@ async def predict_items(request: Request, served: ServedModel, registry: Registr
     raise ServeError(400, f"model {served.name} ({served.task}) has no predict route", "wrong_task")
 
 
-async def _predict(request: Request, served: ServedModel, registry: Registry, settings: Settings) -> JSONResponse:
-    predictions = await predict_items(request, served, registry, settings)
+async def _predict(request: Request, served: ServedModel, catalog: Catalog, settings: Settings) -> JSONResponse:
+    predictions = await predict_items(request, served, catalog, settings)
     return JSONResponse({"model": served.name, "version": served.version, "predictions": predictions})
 
 
 @router.post("/v1/models/{name}/predict", summary="Predict with a model's latest version",
              response_model=PredictResponse, responses=ERROR_RESPONSES, openapi_extra=IMAGE_BODY)
-async def predict(name: str, request: Request, registry: RegistryDep, settings: SettingsDep) -> JSONResponse:
-    return await _predict(request, registry.get(name), registry, settings)
+async def predict(name: str, request: Request, catalog: CatalogDep, settings: SettingsDep) -> JSONResponse:
+    return await _predict(request, catalog.get(name), catalog, settings)
 
 
 @router.post("/v1/models/{name}/versions/{version}/predict", summary="Predict with one model version",
              response_model=PredictResponse, responses=ERROR_RESPONSES, openapi_extra=IMAGE_BODY)
-async def predict_version(name: str, version: str, request: Request, registry: RegistryDep,
+async def predict_version(name: str, version: str, request: Request, catalog: CatalogDep,
                           settings: SettingsDep) -> JSONResponse:
-    return await _predict(request, registry.get(name, version), registry, settings)
+    return await _predict(request, catalog.get(name, version), catalog, settings)

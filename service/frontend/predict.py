@@ -1,21 +1,26 @@
-"""The request-level glue between routers and batchers: decode off the event loop, submit with the
-request's deadline, watch for the client leaving, and turn batcher outcomes into HTTP errors."""
+"""The request-level glue between routers and the engine: admit, decode off the event loop when that is
+costly, send with the request's deadline, watch for the client leaving, and turn the engine's outcomes
+into HTTP errors."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from service.batcher import Announcement, BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull
 from service.errors import ServeError
-from service.registry import ServedModel
+from service.frontend.admission import Permit
+from service.frontend.catalog import ServedModel
+from service.outcomes import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull
 from service.runtimes.image_generator import SampleRequest, Samples
+from service.transport import PayloadCodec
 
 T = TypeVar("T")
 
@@ -35,7 +40,7 @@ async def _wait_for_disconnect(request: Request) -> None:
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``; if the client disconnects first, cancel it (its queued inputs are dropped)."""
+    """Await ``work``; if the client disconnects first, cancel it (the engine drops its inputs)."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
@@ -55,11 +60,27 @@ def require_ready(served: ServedModel) -> None:
                          headers={"Retry-After": "5"})
 
 
-INLINE_DECODE_BYTES = 32 * 1024  # below this, decoding costs less than the hop to a worker thread
+def admit(served: ServedModel) -> None:
+    """Before the body is read: readiness, and room for at least one input (cheap as a health probe)."""
+    require_ready(served)
+    served.admission.check(served.name)
 
 
-def _size(raw: Any) -> int:
-    return len(raw) if isinstance(raw, bytes | str) else getattr(raw, "nbytes", INLINE_DECODE_BYTES)
+INLINE_DECODE_UNITS = 64 * 1024  # pixels or characters: below this, decoding is cheaper than a thread hop
+
+
+def decoded_size(raw: Any) -> int:
+    """What an input decodes to (an image's pixels from its header, a text's characters), not its bytes:
+    a small file can hold a large image."""
+    if isinstance(raw, bytes):
+        try:
+            width, height = Image.open(io.BytesIO(raw)).size  # reads the header only
+            return int(width * height)
+        except Exception:
+            return len(raw)  # not an image (or a broken one): its decoder reports it
+    if isinstance(raw, str):
+        return len(raw)
+    return int(getattr(raw, "size", INLINE_DECODE_UNITS))
 
 
 async def decode_all(decode: Callable[[Any, int], Any], raw_inputs: Sequence[Any]) -> list[Any]:
@@ -71,57 +92,52 @@ async def decode_all(decode: Callable[[Any, int], Any], raw_inputs: Sequence[Any
     def run() -> list[Any]:
         return [decode(raw, index) for index, raw in enumerate(raw_inputs)]
 
-    if sum(_size(raw) for raw in raw_inputs) < INLINE_DECODE_BYTES:
+    if sum(decoded_size(raw) for raw in raw_inputs) < INLINE_DECODE_UNITS:
         return run()
     return await run_in_threadpool(run)
 
 
 async def decode_and_infer(request: Request, served: ServedModel, decode: Callable[[Any, int], Any],
                            raw_inputs: Sequence[Any], timeout_s: float) -> list[Any]:
-    """Decode and validate every input off the event loop, then queue them on the model's batcher.
-
-    The inputs are announced to the batcher while they decode, so that an idle model waits a little
-    for them rather than running a batch of one just before they arrive.
-    """
+    """Take the inputs' places in the model's queue, decode and validate them, run them on the engine."""
     require_ready(served)
-    assert served.batcher is not None
-    with served.batcher.announce(len(raw_inputs)) as announcement:
+    with served.admission.take(served.name, len(raw_inputs)) as permit:
         payloads = await decode_all(decode, raw_inputs)
-        return await infer(request, served, payloads, timeout_s, announcement)
+        return await infer(request, served, payloads, timeout_s, permit)
 
 
 async def infer(request: Request, served: ServedModel, payloads: list[Any], timeout_s: float,
-                announcement: Announcement | None = None) -> list[Any]:
-    """Queue decoded payloads on the model's batcher (readiness checked by the caller) and return
-    their results in order."""
-    assert served.batcher is not None
+                permit: Permit) -> list[Any]:
+    """Run decoded payloads on the engine (admitted by the caller); their results in order."""
     deadline = arrival_time(request) + timeout_s
-    with worker_errors(served, timeout_s, served.batcher.config.max_queue):
-        return await until_disconnect(request, served.batcher.submit(payloads, deadline, announcement))
+    with engine_errors(served, timeout_s):
+        raw = await until_disconnect(
+            request, served.engine.call(served.name, served.version, deadline, PayloadCodec.encode(payloads)))
+    return list(served.payload_codec.decode(raw))
 
 
 async def denoise(request: Request, served: ServedModel, sample: SampleRequest, timeout_s: float) -> Samples:
     """Sample on the model's denoising loop, dropped between steps if the client leaves or time runs out."""
     require_ready(served)
-    assert served.denoiser is not None
-    deadline = arrival_time(request) + timeout_s
-    with worker_errors(served, timeout_s, served.denoiser.max_queue):
-        return await until_disconnect(request, served.denoiser.submit(sample, deadline))
+    with served.admission.take(served.name, sample.n) as permit:
+        [samples] = await infer(request, served, [sample], timeout_s, permit)
+    assert isinstance(samples, Samples)
+    return samples
 
 
 @contextlib.contextmanager
-def worker_errors(served: ServedModel, timeout_s: float, max_queue: int) -> Iterator[None]:
-    """A worker's outcomes as HTTP errors of the one error shape."""
+def engine_errors(served: ServedModel, timeout_s: float) -> Iterator[None]:
+    """The engine's outcomes as HTTP errors of the one error shape."""
     try:
         yield
     except QueueFull as exc:
-        raise ServeError(503, f"model {served.name} is at capacity ({max_queue} inputs queued); retry later",
-                         "queue_full", headers={"Retry-After": str(exc.retry_after_s)}) from None
+        raise ServeError(503, f"model {served.name} is at capacity ({served.config.max_queue} inputs queued); "
+                         "retry later", "queue_full", headers={"Retry-After": str(exc.retry_after_s)}) from None
     except DeadlineExceeded:
         raise ServeError(504, f"the request's deadline of {timeout_s * 1000:.0f} ms passed before its "
                          "inference finished") from None
     except ModelUnavailable as exc:
         raise ServeError(503, f"model {served.name} is not available: {exc}",
-                         headers={"Retry-After": "5"}) from None
+                         headers={"Retry-After": "1"}) from None
     except BatchFailed as exc:
         raise ServeError(500, f"inference failed: {exc}", "inference_failed") from None

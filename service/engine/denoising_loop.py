@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from service.batcher import BatchFailed, BatchObserver, DeadlineExceeded, ModelUnavailable, QueueFull, is_fatal
+from service.engine.batcher import BatchFailed, BatchObserver, DeadlineExceeded, ModelUnavailable, QueueFull, is_fatal
+from service.engine.scheduler import Scheduler
 from service.runtimes.image_generator import DiffusionRuntime, SampleRequest, Samples
-from service.worker import LoopWorker
 
-log = logging.getLogger("service.denoiser")
+log = logging.getLogger("service.engine.denoising_loop")
 
 
 @dataclass(eq=False)
@@ -37,7 +37,7 @@ class _Job:
     x: torch.Tensor | None = None  # [n, 1, 28, 28]: touched only by the worker thread
 
 
-class DenoiseLoop(LoopWorker):
+class DenoisingLoop(Scheduler):
     kind = "denoiser"
 
     def __init__(self, name: str, runtime: DiffusionRuntime, executor: Executor, max_active_rows: int,

@@ -1,0 +1,95 @@
+"""The engine: loads every model once, runs every scheduler and forward, and serves the front-ends over
+the transport. ``python -m service.engine`` runs it as a process of its own (the supervisor starts one
+per device); ``InProcessEngine`` runs the same thing inside a front-end (development, unit tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+
+import torch
+import zmq
+import zmq.asyncio
+
+from service.engine.registry import Registry
+from service.engine.server import EngineServer
+from service.logging_setup import configure_logging
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger("service.engine")
+
+
+class InProcessEngine:
+    def __init__(self, settings: Settings, metrics: Metrics, context: zmq.asyncio.Context, address: str) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.context = context
+        self.address = address
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        torch.set_num_threads(self.settings.resolved_torch_threads())
+        self.registry = Registry(self.settings, self.metrics)
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind(self.address)
+        self.server = EngineServer(self.registry, self.socket)
+        # Serve at once (status queries answer "loading"); load in the background.
+        self._tasks = [asyncio.create_task(self.server.serve(), name="engine-serve"),
+                       asyncio.create_task(self.registry.load_all(), name="engine-load")]
+        self._tasks[0].add_done_callback(_crash_on_exit)
+
+    async def stop(self) -> None:
+        self._tasks[0].remove_done_callback(_crash_on_exit)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.registry.close()
+        self.socket.close(linger=0)
+
+
+def _crash_on_exit(task: asyncio.Task[None]) -> None:
+    """The serving task never ends by itself: if it does, the engine is broken; die loudly so the supervisor
+    restarts it, rather than linger deaf."""
+    if not task.cancelled():
+        log.critical("the engine's serving task ended: %r", task.exception())
+        os._exit(70)
+
+
+async def serve(settings: Settings) -> None:
+    if settings.engine_address is None:
+        raise SystemExit("SERVE_ENGINE_ADDRESS must be set for an engine process")
+    context = zmq.asyncio.Context()
+    engine = InProcessEngine(settings, Metrics(), context, settings.engine_address)
+    await engine.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    watcher = asyncio.create_task(_stop_when_orphaned(stop))
+    log.info("engine %d serving on %s", os.getpid(), settings.engine_address)
+    await stop.wait()
+    watcher.cancel()
+    await engine.stop()
+    engine.metrics.process_exit()
+    context.term()
+
+
+async def _stop_when_orphaned(stop: asyncio.Event) -> None:
+    """An engine whose supervisor died (even by SIGKILL) stops too, instead of holding the device."""
+    parent = os.getppid()
+    while os.getppid() == parent:  # noqa: ASYNC110 (no event exists for a parent's death: poll)
+        await asyncio.sleep(0.5)
+    log.error("the supervisor is gone: stopping")
+    stop.set()
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(settings))

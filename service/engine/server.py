@@ -1,0 +1,141 @@
+"""The engine's side of the transport: one ROUTER socket, one asyncio task per request.
+
+Each ``Submit`` goes to its model's scheduler (batcher, generation loop or denoising loop) with the
+deadline the front-end stamped at arrival; the outcome goes back to the front-end that sent it. A
+``Cancel`` cancels the request's task, which drops its inputs before their forward or between two
+steps. A ``StatusQuery`` is answered at once with every model's readiness and queue depth: it is the
+front-ends' heartbeat of this engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from service.engine.batcher import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull
+from service.engine.denoising_loop import DenoisingLoop
+from service.engine.generation_loop import GenerationLoop
+from service.engine.registry import Registry, ServedModel
+from service.runtimes.language_model import Piece as TextPiece
+from service.transport import (
+    Cancel,
+    Failure,
+    Finished,
+    FromEngine,
+    ModelStatus,
+    PayloadCodec,
+    Piece,
+    Result,
+    Status,
+    StatusQuery,
+    Submit,
+    decode_to_engine,
+    encode,
+)
+
+log = logging.getLogger("service.engine")
+
+
+class EngineServer:
+    def __init__(self, registry: Registry, socket: zmq.asyncio.Socket) -> None:
+        self.registry = registry
+        self.socket = socket
+        self.started_at = time.time()
+        self._running: dict[tuple[bytes, int], asyncio.Task[None]] = {}
+        self._codecs: dict[tuple[str, int], PayloadCodec] = {}
+
+    async def serve(self) -> None:
+        while True:
+            identity, frame = await self.socket.recv_multipart(copy=False)
+            try:
+                message = decode_to_engine(frame.buffer)
+            except msgspec.DecodeError as exc:
+                log.error("a front-end sent an unreadable message: %s", exc)
+                continue
+            if isinstance(message, StatusQuery):
+                await self._send(identity.bytes, self.status(message.id))
+            elif isinstance(message, Cancel):
+                task = self._running.pop((identity.bytes, message.id), None)
+                if task is not None:
+                    task.cancel()
+            else:
+                self._start(identity.bytes, message)
+
+    def status(self, request_id: int = 0) -> Status:
+        for served in self.registry.all():  # readiness can change without an event (a scheduler dies)
+            self.registry.metrics.loaded.labels(served.name, str(served.version)).set(1 if served.ready else 0)
+        models = {f"{served.name}/{served.version}": ModelStatus(
+            served.ready, served.status, served.device, served.dtype, served.loaded_at,
+            served.scheduler.depth if served.scheduler is not None else 0) for served in self.registry.all()}
+        return Status(request_id, os.getpid(), self.started_at, self.registry.loading_done, models)
+
+    async def _send(self, identity: bytes, message: FromEngine) -> None:
+        await self.socket.send_multipart([identity, encode(message)])
+
+    def _start(self, identity: bytes, submit: Submit) -> None:
+        served = self.registry.get(submit.model, submit.version)
+        key = (identity, submit.id)
+        task = asyncio.create_task(self._run(identity, submit, served), name=f"request:{submit.id}")
+        self._running[key] = task
+        task.add_done_callback(lambda _: self._running.pop(key, None))
+
+    async def _run(self, identity: bytes, submit: Submit, served: ServedModel | None) -> None:
+        try:
+            if served is None or not served.ready or served.scheduler is None:
+                status = served.status if served is not None else "not served by this engine"
+                raise ModelUnavailable(f"{submit.model} v{submit.version} is {status}")
+            payloads = self._codec(served).decode(submit.payload)
+            scheduler = served.scheduler
+            if isinstance(scheduler, GenerationLoop):
+                await self._generate(identity, submit.id, scheduler, payloads[0])
+                return
+            if isinstance(scheduler, DenoisingLoop):
+                results: list[Any] = [await scheduler.submit(payloads[0], submit.deadline)]
+            else:
+                results = await scheduler.submit(payloads, submit.deadline)
+            reply: FromEngine = Result(submit.id, PayloadCodec.encode(results))
+        except asyncio.CancelledError:
+            raise  # the client went away: nobody waits for an answer
+        except Exception as exc:
+            reply = failure(submit.id, exc)
+            if isinstance(reply, Failure) and reply.kind == "unavailable":
+                # the front-end learns the new readiness before it answers this request's 503
+                await self._send(identity, self.status())
+        await self._send(identity, reply)
+
+    async def _generate(self, identity: bytes, request_id: int, loop: GenerationLoop, request: Any) -> None:
+        generation = loop.submit(request)
+        async for event in generation.events():
+            if isinstance(event, TextPiece):
+                await self._send(identity, Piece(request_id, event.text))
+            else:
+                await self._send(identity, Finished(request_id, event.reason, event.tokens, event.prompt_tokens))
+
+    def _codec(self, served: ServedModel) -> PayloadCodec:
+        key = (served.name, served.version)
+        if key not in self._codecs:
+            self._codecs[key] = PayloadCodec(served.runtime.payload_type)
+        return self._codecs[key]
+
+
+def failure(request_id: int, exc: BaseException) -> Failure:
+    """A scheduler's outcome as the message the front-end turns into an HTTP error."""
+    if isinstance(exc, QueueFull):
+        return Failure(request_id, "queue_full", str(exc), exc.retry_after_s)
+    if isinstance(exc, DeadlineExceeded):
+        return Failure(request_id, "deadline", str(exc))
+    if isinstance(exc, ModelUnavailable):
+        return Failure(request_id, "unavailable", str(exc), 5)
+    if isinstance(exc, msgspec.ValidationError | msgspec.DecodeError):
+        return Failure(request_id, "invalid", f"the engine could not read the request: {exc}")
+    if isinstance(exc, BatchFailed):
+        return Failure(request_id, "failed", str(exc))
+    log.error("request %d failed in the engine: %r", request_id, exc, exc_info=exc)
+    return Failure(request_id, "failed", repr(exc))

@@ -1,0 +1,37 @@
+"""``python -m service.frontend --fd N``: one HTTP front-end process on a listening socket that the
+supervisor (``python -m service``) opened and shares among its front-ends. Settings come from ``SERVE_*``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+import time
+
+import uvicorn
+
+from service.frontend.main import app_from_environment
+
+
+def stop_when_orphaned() -> None:
+    """A front-end whose supervisor died (even by SIGKILL) stops too, and frees the port."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m service.frontend", description=__doc__)
+    parser.add_argument("--fd", type=int, required=True, help="the listening socket's file descriptor")
+    args = parser.parse_args()
+    app = app_from_environment()
+    settings = app.state.settings
+    threading.Thread(target=stop_when_orphaned, name="orphan-watch", daemon=True).start()
+    uvicorn.run(app, fd=args.fd, log_level=settings.log_level, log_config=None, access_log=False,
+                timeout_graceful_shutdown=10, backlog=2048)
+
+
+if __name__ == "__main__":
+    main()

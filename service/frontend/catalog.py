@@ -1,0 +1,127 @@
+"""The front-end's view of the models: what each manifest says (read from disk, no torch), the front-end
+half of its runtime, its serving settings, its admission counter, and what the engine last said of it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.artifact import read_manifest
+from service.errors import ServeError
+from service.frontend.admission import Admission
+from service.frontend.engine_client import EngineClient
+from service.serving import ServingConfig, build_runtime, discover, serving_config
+from service.settings import Settings
+
+log = logging.getLogger("service.frontend.catalog")
+
+
+@dataclass
+class ServedModel:
+    """One model version as a front-end serves it; its readiness is the engine's word, read fresh."""
+
+    name: str
+    version: int
+    path: Path
+    manifest: dict[str, Any]
+    config: ServingConfig
+    engine: EngineClient
+    admission: Admission
+    runtime: Any = None  # the front-end half: decode, validate, encode
+    payload_codec: Any = None  # results of the engine, decoded with the runtime's result type
+    error: str | None = None  # the manifest could not be read here
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        return str(self.manifest.get("task", ""))
+
+    @property
+    def engine_status(self) -> Any:
+        return self.engine.model_status(self.name, self.version)
+
+    @property
+    def ready(self) -> bool:
+        status = self.engine_status
+        return self.runtime is not None and status is not None and status.ready
+
+    @property
+    def status(self) -> str:
+        if self.error:
+            return f"failed: {self.error}"
+        status = self.engine_status
+        if status is None:
+            return "not ready: the engine is starting or restarting"
+        return str(status.status)
+
+    @property
+    def device(self) -> str:
+        status = self.engine_status
+        return str(status.device) if status else ""
+
+    @property
+    def dtype(self) -> str:
+        status = self.engine_status
+        return str(status.dtype) if status else ""
+
+    @property
+    def loaded_at(self) -> float:
+        status = self.engine_status
+        return float(status.loaded_at) if status else 0.0
+
+
+class Catalog:
+    def __init__(self, settings: Settings, engine: EngineClient) -> None:
+        from service.transport import PayloadCodec
+
+        self.settings = settings
+        self.engine = engine
+        self.models: dict[str, dict[int, ServedModel]] = {}
+        for name, version, path in discover(settings.weights_dir, settings.models):
+            served = self._describe(name, version, path)
+            if served.runtime is not None:
+                served.payload_codec = PayloadCodec(served.runtime.result_type)
+            self.models.setdefault(name, {})[version] = served
+
+    def _describe(self, name: str, version: int, path: Path) -> ServedModel:
+        try:
+            manifest = read_manifest(path)
+            config = serving_config(self.settings, name, manifest)
+            runtime = build_runtime(manifest, path, self.settings)
+        except Exception as exc:  # the engine reports the same artifact as failed; this says why here
+            log.error("model %s v%d cannot be served: %s", name, version, exc)
+            config = serving_config(self.settings, name, {})
+            return ServedModel(name, version, path, {}, config, self.engine, Admission(config), error=str(exc))
+        return ServedModel(name, version, path, manifest, config, self.engine, Admission(config), runtime)
+
+    def get(self, name: str, version: int | str | None = None) -> ServedModel:
+        versions = self.models.get(name)
+        if not versions:
+            raise ServeError(404, f"model {name!r} is not served; GET /v1/models lists the models", "model_not_found")
+        if version is None or version == "":
+            return versions[max(versions)]
+        try:
+            number = int(version)
+        except (TypeError, ValueError):
+            raise ServeError(404, f"version {version!r} of {name!r}: versions are integers",
+                             "version_not_found") from None
+        if number not in versions:
+            raise ServeError(404, f"model {name!r} has no version {number}; it has {sorted(versions)}",
+                             "version_not_found")
+        return versions[number]
+
+    def all(self) -> list[ServedModel]:
+        return [served for versions in self.models.values() for served in versions.values()]
+
+    @property
+    def ready(self) -> bool:
+        status = self.engine.status
+        return self.engine.up and status is not None and status.loading_done and all(s.ready for s in self.all())
+
+    def batch_config(self, served: ServedModel) -> ServingConfig:
+        return served.config
+
+    def timeout_s(self, served: ServedModel) -> float:
+        return served.config.timeout_s

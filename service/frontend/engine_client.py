@@ -1,0 +1,228 @@
+"""The front-end's side of the transport: one DEALER socket to its device's engine.
+
+Requests are matched to replies by id. The client knows at once when the engine goes away: ZeroMQ's
+socket monitor reports the disconnect the moment the engine's socket closes (a crash, ``kill -9``, an
+out-of-memory kill), and every request in flight then fails with ``ModelUnavailable`` (503) instead of
+waiting for its deadline. A status query every 200 ms is the heartbeat: with no answer for
+``STALE_AFTER_S`` the engine counts as down (hung) too. ZeroMQ reconnects by itself when the
+supervisor has started a new engine on the same address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+from service.outcomes import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull
+from service.runtimes.language_model import Finished as TextFinished
+from service.runtimes.language_model import Piece as TextPiece
+from service.transport import (
+    Cancel,
+    Failure,
+    Finished,
+    ModelStatus,
+    Piece,
+    Result,
+    Status,
+    StatusQuery,
+    Submit,
+    decode_from_engine,
+    encode,
+)
+
+log = logging.getLogger("service.frontend.engine")
+STATUS_INTERVAL_S = 0.2
+STALE_AFTER_S = 2.0
+
+
+def failure_exception(message: Failure) -> Exception:
+    if message.kind == "queue_full":
+        return QueueFull(max(1, message.retry_after_s))
+    if message.kind == "deadline":
+        return DeadlineExceeded(message.message)
+    if message.kind == "unavailable":
+        return ModelUnavailable(message.message)
+    return BatchFailed(message.message)
+
+
+class EngineStream:
+    """The events of one generation, as they arrive; ``cancel`` tells the engine to drop it."""
+
+    def __init__(self, client: EngineClient, request_id: int, size: int) -> None:
+        self._client = client
+        self.id = request_id
+        self.queue: asyncio.Queue[Piece | Finished | BaseException] = asyncio.Queue(maxsize=size)
+        self.done = False
+
+    async def events(self) -> AsyncIterator[TextPiece | TextFinished]:
+        try:
+            while True:
+                event = await self.queue.get()
+                if isinstance(event, BaseException):
+                    raise event
+                if isinstance(event, Piece):
+                    yield TextPiece(event.text)
+                else:
+                    self.done = True
+                    yield TextFinished(event.reason, event.tokens, event.prompt_tokens)
+                    return
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        if not self.done:
+            self.done = True
+            self._client.forget(self.id, cancel=True)
+
+
+class EngineClient:
+    def __init__(self, address: str, context: zmq.asyncio.Context) -> None:
+        self.address = address
+        self.socket = context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.IMMEDIATE, 1)  # never queue requests for an engine that is not there
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.RECONNECT_IVL, 50)
+        self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        self._monitor = self.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self.socket.connect(address)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any] | EngineStream] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        # An in-process engine (inproc://) cannot vanish apart from this process, and ZeroMQ reports no
+        # handshake for it: it is connected from the start.
+        self.connected = address.startswith("inproc://")
+        self.status: Status | None = None
+        self._status_at = 0.0
+        self.restarts = 0  # engine incarnations seen after the first
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        for coroutine, name in ((self._read(), "engine-replies"), (self._watch(), "engine-monitor"),
+                                (self._heartbeat(), "engine-heartbeat")):
+            self._tasks.append(asyncio.create_task(coroutine, name=name))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._fail_all(ModelUnavailable("the server is shutting down"))
+        self.socket.disable_monitor()
+        self._monitor.close(linger=0)
+        self.socket.close(linger=0)
+
+    @property
+    def up(self) -> bool:
+        """Connected, and the engine answered a status query lately."""
+        return self.connected and time.monotonic() - self._status_at < STALE_AFTER_S
+
+    def model_status(self, name: str, version: int) -> ModelStatus | None:
+        if not self.up or self.status is None:
+            return None
+        return self.status.models.get(f"{name}/{version}")
+
+    # -- requests ---------------------------------------------------------------------------------
+    def _submit(self, model: str, version: int, deadline: float, payload: msgspec.Raw) -> int:
+        if not self.up:
+            raise ModelUnavailable("the engine is not running (restarting?)")
+        request_id = next(self._ids)
+        try:
+            self.socket.send(encode(Submit(request_id, model, version, deadline, payload)), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            raise ModelUnavailable("the engine is not reachable") from None
+        return request_id
+
+    async def call(self, model: str, version: int, deadline: float, payload: msgspec.Raw) -> msgspec.Raw:
+        """Run ``payload`` on the model; the engine's results (still encoded). Cancelling drops it there."""
+        request_id = self._submit(model, version, deadline, payload)
+        future: asyncio.Future[msgspec.Raw] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            return await future
+        finally:  # cancelled here (the client left) or not answered: the engine drops the request
+            self.forget(request_id, cancel=future.cancelled() or not future.done())
+
+    def stream(self, model: str, version: int, deadline: float, payload: msgspec.Raw, size: int) -> EngineStream:
+        """Start a generation of at most ``size`` events."""
+        request_id = self._submit(model, version, deadline, payload)
+        stream = EngineStream(self, request_id, size + 2)
+        self._pending[request_id] = stream
+        return stream
+
+    def forget(self, request_id: int, cancel: bool) -> None:
+        if self._pending.pop(request_id, None) is not None and cancel and self.connected:
+            with contextlib.suppress(zmq.ZMQError):
+                self.socket.send(encode(Cancel(request_id)), flags=zmq.NOBLOCK)
+
+    # -- background ---------------------------------------------------------------------------------
+    async def _read(self) -> None:
+        while True:
+            frame = await self.socket.recv(copy=False)
+            try:
+                message = decode_from_engine(frame.buffer)
+            except msgspec.DecodeError as exc:
+                log.error("unreadable message from the engine: %s", exc)
+                continue
+            if isinstance(message, Status):
+                self._on_status(message)
+                continue
+            waiter = self._pending.get(message.id)
+            if waiter is None:
+                continue  # its client left
+            if isinstance(waiter, EngineStream):
+                event: Any = failure_exception(message) if isinstance(message, Failure) else message
+                if isinstance(message, Finished | Failure):
+                    self._pending.pop(message.id, None)
+                    waiter.done = isinstance(message, Finished) or waiter.done
+                with contextlib.suppress(asyncio.QueueFull):
+                    waiter.queue.put_nowait(event)
+            elif not waiter.done():
+                if isinstance(message, Result):
+                    waiter.set_result(message.payload)
+                elif isinstance(message, Failure):
+                    waiter.set_exception(failure_exception(message))
+
+    def _on_status(self, status: Status) -> None:
+        if self.status is not None and (status.pid, status.started_at) != (self.status.pid, self.status.started_at):
+            self.restarts += 1
+            log.warning("the engine restarted (pid %d)", status.pid)
+        self.status, self._status_at = status, time.monotonic()
+
+    async def _watch(self) -> None:
+        while True:
+            event = parse_monitor_message(await self._monitor.recv_multipart())
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.connected = True
+                log.info("connected to the engine at %s", self.address)
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self.connected = False
+                self._status_at = 0.0
+                log.error("lost the engine at %s: failing %d requests in flight", self.address, len(self._pending))
+                self._fail_all(ModelUnavailable("the engine stopped; it is being restarted"))
+
+    async def _heartbeat(self) -> None:
+        ids = itertools.count(1)
+        while True:
+            if self.connected:
+                with contextlib.suppress(zmq.ZMQError):
+                    self.socket.send(encode(StatusQuery(next(ids))), flags=zmq.NOBLOCK)
+            await asyncio.sleep(STATUS_INTERVAL_S)
+
+    def _fail_all(self, error: Exception) -> None:
+        pending, self._pending = self._pending, {}
+        for waiter in pending.values():
+            if isinstance(waiter, EngineStream):
+                waiter.done = True
+                with contextlib.suppress(asyncio.QueueFull):
+                    waiter.queue.put_nowait(error)
+            elif not waiter.done():
+                waiter.set_exception(error)

@@ -1,0 +1,26 @@
+"""How a request can end short of a result: the engine's schedulers raise these, the transport carries
+them, and the front-ends turn them into HTTP errors (503 with Retry-After, 504, 500)."""
+
+from __future__ import annotations
+
+
+class QueueFull(Exception):
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"queue full; retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(Exception):
+    pass
+
+
+class ModelUnavailable(Exception):
+    """The model cannot run now: not loaded, its scheduler died, or its engine is restarting."""
+
+
+class BatchFailed(Exception):
+    """The forward (or loop step) this input was in raised; ``__cause__`` holds the original."""
+
+
+class WorkerFatal(Exception):
+    """Raised by a forward when its device can run nothing more (the scheduler is dead)."""

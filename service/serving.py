@@ -1,0 +1,66 @@
+"""What the front-ends and the engine agree on about each model version: where it is, its runtime class,
+and its serving settings (per-model override, else the manifest's ``serving`` block, else ``SERVE_*``).
+Reading manifests needs no torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.runtimes import runtime_class
+from service.settings import BatchingOverride, Settings
+
+
+def discover(weights_dir: Path, names: list[str]) -> list[tuple[str, int, Path]]:
+    """(name, version, path) of every artifact under ``weights_dir``; ``names`` filters (empty = all)."""
+    found = []
+    for manifest_path in sorted(weights_dir.glob("*/*/manifest.json")):
+        version_dir = manifest_path.parent
+        name, version = version_dir.parent.name, version_dir.name
+        if version.isdigit() and (not names or name in names):
+            found.append((name, int(version), version_dir))
+    missing = set(names) - {name for name, _, _ in found}
+    if missing:
+        raise RuntimeError(f"SERVE_MODELS names {sorted(missing)}, which {weights_dir} does not hold")
+    return found
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    max_batch_size: int
+    max_delay_s: float
+    max_queue: int  # inputs waiting (images, for a generator; generations, for a language model)
+    timeout_s: float
+
+    @property
+    def as_dict(self) -> dict[str, Any]:
+        return {"max_batch_size": self.max_batch_size, "max_delay_ms": self.max_delay_s * 1000,
+                "max_queue": self.max_queue, "timeout_ms": self.timeout_s * 1000}
+
+
+def serving_config(settings: Settings, name: str, manifest: dict[str, Any]) -> ServingConfig:
+    """The operator's per-model override (``SERVE_MODEL_OVERRIDES``) wins over the model's own defaults
+    (its manifest's ``serving``), which win over the global ``SERVE_*`` values."""
+    defaults = BatchingOverride.model_validate(manifest.get("serving") or {})
+
+    def pick(field: str) -> Any:
+        for source in (settings.model_overrides.get(name), defaults):
+            value = getattr(source, field, None) if source else None
+            if value is not None:
+                return value
+        return getattr(settings, field)
+
+    return ServingConfig(max_batch_size=int(pick("max_batch_size")), max_delay_s=float(pick("max_delay_ms")) / 1000,
+                         max_queue=int(pick("max_queue")), timeout_s=float(pick("timeout_ms")) / 1000)
+
+
+def build_runtime(manifest: dict[str, Any], path: Path, settings: Settings) -> Any:
+    """The runtime of a manifest's task, its front-end half ready (the engine attaches the module)."""
+    from models.text import load_tokenizer
+    from service.runtimes import DecodeLimits
+
+    runtime = runtime_class(manifest)
+    if runtime is None:
+        raise RuntimeError(f"no runtime for task {manifest.get('task')!r}")
+    return runtime(manifest, DecodeLimits(settings.max_image_pixels), tokenizer=load_tokenizer(path, manifest))

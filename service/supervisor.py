@@ -1,0 +1,142 @@
+"""The supervisor: one engine process per device and ``SERVE_WORKERS`` HTTP front-end processes.
+
+It opens the listening socket once and hands it to every front-end (the kernel spreads connections
+over them), gives them the engine's ZeroMQ address and a shared Prometheus multiprocess directory,
+and restarts any child that dies. Restarts back off (0.25 s, doubling up to 10 s) while a child keeps
+dying young, so a crash loop does not spin hot; a child that lived 30 s starts from the shortest wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import multiprocess
+
+from service.settings import Settings
+
+log = logging.getLogger("service.supervisor")
+FIRST_BACKOFF_S = 0.25
+MAX_BACKOFF_S = 10.0
+HEALTHY_AFTER_S = 30.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    pass_fds: tuple[int, ...] = ()
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restart_at: float = 0.0
+    failures: int = 0  # deaths in a row, each within HEALTHY_AFTER_S of its start
+    restarts: int = 0
+    history: list[float] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.argv, env=self.env, pass_fds=self.pass_fds)
+        self.started_at = time.monotonic()
+        log.info("started %s (pid %d)", self.name, self.process.pid)
+
+    def reap(self) -> int | None:
+        """The exit code if the child just ended (then it is scheduled to restart), else None."""
+        if self.process is None or (code := self.process.poll()) is None:
+            return None
+        lived = time.monotonic() - self.started_at
+        self.failures = 1 if lived >= HEALTHY_AFTER_S else self.failures + 1
+        delay = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** (self.failures - 1))
+        self.restart_at = time.monotonic() + delay
+        log.error("%s (pid %d) exited with %d after %.1f s; restarting in %.2f s", self.name, self.process.pid,
+                  code, lived, delay)
+        return code
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, overrides: dict[str, str]) -> None:
+        self.settings = settings
+        self.runtime_dir = Path(tempfile.mkdtemp(prefix="serve-"))
+        env = {**os.environ, **{f"SERVE_{name.upper()}": str(value) for name, value in overrides.items()}}
+        env["SERVE_ENGINE_ADDRESS"] = f"ipc://{self.runtime_dir / 'engine-0.sock'}"
+        env.pop("SERVE_IN_PROCESS", None)
+        if "PROMETHEUS_MULTIPROC_DIR" not in env:
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(self.runtime_dir / "metrics")
+            (self.runtime_dir / "metrics").mkdir()
+        self.metrics_dir = env["PROMETHEUS_MULTIPROC_DIR"]
+        self.listener = bind(settings.host, settings.port)
+        fd = self.listener.fileno()
+        python = [sys.executable, "-m"]
+        self.engine = Child("engine cpu" if settings.device == "cpu" else f"engine {settings.device}",
+                            [*python, "service.engine"], env)
+        self.frontends = [Child(f"front-end {i}", [*python, "service.frontend", "--fd", str(fd)],
+                                {**env, "SERVE_FRONTEND_INDEX": str(i)}, pass_fds=(fd,))
+                          for i in range(settings.workers)]
+        self.stopping = False
+
+    @property
+    def children(self) -> list[Child]:
+        return [self.engine, *self.frontends]
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        host, port = self.listener.getsockname()[:2]
+        log.info("serving on http://%s:%d with %d front-ends and one engine", host, port, len(self.frontends))
+        for child in self.children:
+            child.start()
+        try:
+            while not self.stopping:
+                self._tend()
+                time.sleep(0.05)
+        finally:
+            self._shutdown()
+
+    def _tend(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            pid = child.process.pid if child.process else None
+            if child.reap() is not None:
+                multiprocess.mark_process_dead(pid, self.metrics_dir)  # its live gauges no longer count
+                child.process = None
+            if child.process is None and now >= child.restart_at and not self.stopping:
+                child.restarts += 1
+                child.start()
+
+    def _stop(self, signum: int, frame: object) -> None:
+        self.stopping = True
+
+    def _shutdown(self) -> None:
+        """Front-ends first (they finish their requests), then the engine; then clean up."""
+        for group in (self.frontends, [self.engine]):
+            running = [child.process for child in group if child.process and child.process.poll() is None]
+            for process in running:
+                process.terminate()
+            deadline = time.monotonic() + 15
+            for process in running:
+                try:
+                    process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    log.error("pid %d did not stop in time: killing it", process.pid)
+                    process.kill()
+                    process.wait()
+        self.listener.close()
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(2048)
+    listener.set_inheritable(True)
+    return listener

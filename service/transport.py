@@ -1,0 +1,147 @@
+"""Messages between the HTTP front-ends and an engine: msgspec MessagePack frames over ZeroMQ.
+
+A front-end holds one DEALER socket; the engine one ROUTER socket (``ipc://`` between processes,
+``inproc://`` when the engine runs inside the front-end's process). Every message is one frame: a
+tagged msgspec struct. What a runtime sends (decoded inputs) and gets back (results) travels inside
+it as MessagePack of the runtime's own payload and result types, with numpy arrays as one extension
+type (dtype, shape, raw bytes): no pickle anywhere, and a 28x28 image costs one 3 KB copy.
+
+Why this pair: msgspec encodes and decodes typed structs faster than any other Python library we
+measured (about 2 us for a request envelope), and ZeroMQ gives framing, reconnection after an engine
+restart, and a monitor that reports a dead peer the moment its socket closes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import numpy as np
+
+ARRAY_EXT = 1  # the MessagePack extension code of a numpy array
+
+
+class Submit(msgspec.Struct, tag="submit", array_like=True):
+    """Run ``payload`` (a list of decoded inputs, or one sampling/generation request) on a model."""
+
+    id: int
+    model: str
+    version: int
+    deadline: float  # time.monotonic() of the front-end's machine: absolute, counted from arrival
+    payload: msgspec.Raw
+
+
+class Cancel(msgspec.Struct, tag="cancel", array_like=True):
+    """The client went away: drop the request's inputs before their forward or between two steps."""
+
+    id: int
+
+
+class StatusQuery(msgspec.Struct, tag="status?", array_like=True):
+    id: int
+
+
+class Result(msgspec.Struct, tag="result", array_like=True):
+    id: int
+    payload: msgspec.Raw  # the runtime's results, in the order of the inputs
+
+
+class Failure(msgspec.Struct, tag="failure", array_like=True):
+    id: int
+    kind: str  # queue_full | deadline | unavailable | failed | invalid
+    message: str
+    retry_after_s: int = 0
+
+
+class Piece(msgspec.Struct, tag="piece", array_like=True):
+    """Generated text of one decoding step."""
+
+    id: int
+    text: str
+
+
+class Finished(msgspec.Struct, tag="finished", array_like=True):
+    id: int
+    reason: str  # "length" | "stop"
+    tokens: int
+    prompt_tokens: int
+
+
+class ModelStatus(msgspec.Struct, array_like=True):
+    ready: bool
+    status: str
+    device: str
+    dtype: str
+    loaded_at: float
+    queue_depth: int
+
+
+class Status(msgspec.Struct, tag="status", array_like=True):
+    id: int
+    pid: int
+    started_at: float
+    loading_done: bool
+    models: dict[str, ModelStatus]  # "name/version" -> status
+
+
+ToEngine = Submit | Cancel | StatusQuery
+FromEngine = Result | Failure | Piece | Finished | Status
+
+
+def _encode_extra(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        array = np.ascontiguousarray(obj)
+        header = f"{array.dtype.str}|{','.join(map(str, array.shape))}|".encode()
+        return msgspec.msgpack.Ext(ARRAY_EXT, header + array.tobytes())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise NotImplementedError(f"cannot send a {type(obj).__name__} between processes")
+
+
+def _decode_ext(code: int, data: memoryview) -> Any:
+    if code != ARRAY_EXT:
+        raise ValueError(f"unknown MessagePack extension {code}")
+    raw = bytes(data)
+    dtype, shape, _ = raw.split(b"|", 2)
+    offset = len(dtype) + len(shape) + 2
+    dims = [int(size) for size in shape.split(b",") if size]
+    return np.frombuffer(raw, dtype=np.dtype(dtype.decode()), offset=offset).reshape(dims).copy()
+
+
+def _decode_extra(kind: type, obj: Any) -> Any:
+    if kind is np.ndarray and isinstance(obj, np.ndarray):
+        return obj
+    raise NotImplementedError(f"cannot decode a {kind}")
+
+
+_encoder = msgspec.msgpack.Encoder(enc_hook=_encode_extra)
+_to_engine = msgspec.msgpack.Decoder(ToEngine)
+_from_engine = msgspec.msgpack.Decoder(FromEngine)
+
+
+def encode(message: Any) -> bytes:
+    """A message, or a payload to wrap in one (``msgspec.Raw(encode(payload))``)."""
+    return _encoder.encode(message)
+
+
+def decode_to_engine(frame: bytes | memoryview) -> ToEngine:
+    return _to_engine.decode(frame)
+
+
+def decode_from_engine(frame: bytes | memoryview) -> FromEngine:
+    return _from_engine.decode(frame)
+
+
+class PayloadCodec:
+    """Encodes and decodes one runtime's payload or result lists with their declared types."""
+
+    def __init__(self, item_type: Any) -> None:
+        self._decoder = msgspec.msgpack.Decoder(list[item_type], ext_hook=_decode_ext,
+                                                dec_hook=_decode_extra)
+
+    @staticmethod
+    def encode(items: list[Any]) -> msgspec.Raw:
+        return msgspec.Raw(_encoder.encode(items))
+
+    def decode(self, raw: msgspec.Raw | bytes) -> list[Any]:
+        return self._decoder.decode(raw)

@@ -1,0 +1,185 @@
+"""``python -m service`` with real processes: a supervisor, one engine, ``SERVE_WORKERS`` front-ends.
+
+The front-ends share one engine (models loaded once, batches from both), never load torch, and the
+supervisor restarts whatever dies: the engine after ``kill -9`` (requests in flight fail fast with 503,
+readiness is false meanwhile and true again by itself), a front-end while the other keeps serving.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.supervisor import Child
+from tests.conftest import free_port, make_artifact, make_lm_artifact
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def children(pid: int) -> dict[int, str]:
+    """pid -> command line of the direct children of ``pid``."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_text().replace("\0", " ")
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found[int(entry.name)] = cmdline
+    return found
+
+
+def role_pids(server: subprocess.Popen[bytes], role: str) -> list[int]:
+    return [pid for pid, cmdline in children(server.pid).items() if f"-m service.{role}" in cmdline]
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+class Server:
+    def __init__(self, weights: Path, *flags: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SERVE_", "PROMETHEUS_"))}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service", "--port", str(self.port), "--weights-dir", str(weights), "--device",
+             "cpu", "--log-level", "warning", *flags], cwd=REPO, env=env, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 60) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            try:
+                if httpx.get(f"{self.base}/v2/health/ready", timeout=1).status_code == 200:
+                    return time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"not ready after {timeout} s")
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            raise
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    make_artifact(tmp_path, "tiny-cnn", 1, "cnn")
+    make_lm_artifact(tmp_path, "tiny-gpt")
+    running = Server(tmp_path, "--workers", "2")
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+
+
+def post_png(base: str, png: bytes, timeout: float = 10) -> httpx.Response:
+    return httpx.post(f"{base}/v1/models/tiny-cnn/predict", content=png, headers={"content-type": "image/png"},
+                      timeout=timeout)
+
+
+def test_two_front_ends_share_one_engine_that_alone_loads_torch(server: Server, digit_png: bytes) -> None:
+    [engine], frontends = role_pids(server.process, "engine"), role_pids(server.process, "frontend")
+    assert len(frontends) == 2
+    maps = {pid: Path(f"/proc/{pid}/maps").read_text() for pid in [engine, *frontends]}
+    assert "libtorch" in maps[engine]
+    assert all("libtorch" not in maps[pid] for pid in frontends)  # front-ends never import torch
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(lambda _: post_png(server.base, digit_png).status_code, range(60)))
+    assert statuses == [200] * 60
+    text = httpx.get(f"{server.base}/metrics").text  # any front-end: the sum over every process
+    assert metric(text, "serve_requests_total", model="tiny-cnn", status="200") == 60
+    assert metric(text, "serve_batch_size_sum", model="tiny-cnn") == 60  # the engine's figures too
+    served_by = {int(m) for m in re.findall(r'serve_frontend_requests_total\{frontend="(\d+)"', text)}
+    assert served_by == {0, 1}  # both front-ends took requests
+    generated = httpx.post(f"{server.base}/v1/models/tiny-gpt/generate", json={"prompt": "ab", "max_tokens": 5,
+                                                                               "seed": 3}, timeout=10)
+    assert generated.status_code == 200 and generated.json()["tokens"] == 5
+
+
+def test_an_engine_killed_mid_traffic_fails_fast_and_comes_back(server: Server, digit_png: bytes) -> None:
+    [engine] = role_pids(server.process, "engine")
+    outcomes: list[tuple[int, float]] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                started = time.monotonic()
+                response = client.post(f"{server.base}/v1/models/tiny-cnn/predict", content=digit_png,
+                                       headers={"content-type": "image/png"})
+                outcomes.append((response.status_code, time.monotonic() - started))
+                if response.status_code == 503:
+                    assert response.headers["retry-after"].isdigit()
+
+    threads = [threading.Thread(target=traffic) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    os.kill(engine, signal.SIGKILL)
+    killed_at = time.monotonic()
+    time.sleep(0.3)
+    assert httpx.get(f"{server.base}/v2/health/ready").status_code == 503  # strict, at once
+    recovery = server.wait_ready(timeout=30)
+    time.sleep(0.3)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    codes = {code for code, _ in outcomes}
+    assert codes <= {200, 503}, codes
+    assert 503 in codes and 200 in codes
+    assert max(seconds for _, seconds in outcomes) < 1.0  # nothing waited for its deadline
+    [new_engine] = role_pids(server.process, "engine")
+    assert new_engine != engine and recovery < 30, (time.monotonic() - killed_at)
+    assert post_png(server.base, digit_png).json()["predictions"][0]["label"] is not None
+
+
+def test_a_killed_front_end_is_replaced_while_the_other_serves(server: Server, digit_png: bytes) -> None:
+    victim, survivor = role_pids(server.process, "frontend")
+    os.kill(victim, signal.SIGKILL)
+    with ThreadPoolExecutor(4) as pool:  # new connections all land on the living front-end
+        statuses = list(pool.map(lambda _: post_png(server.base, digit_png).status_code, range(20)))
+    assert statuses == [200] * 20
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        frontends = role_pids(server.process, "frontend")
+        if len(frontends) == 2 and victim not in frontends:
+            break
+        time.sleep(0.1)
+    assert survivor in frontends and len(frontends) == 2
+    server.wait_ready()
+
+
+def test_a_child_that_keeps_dying_is_restarted_ever_later() -> None:
+    child = Child("crasher", [sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ))
+    delays = []
+    for _ in range(4):
+        child.start()
+        assert child.process is not None
+        child.process.wait()
+        assert child.reap() == 3
+        delays.append(child.restart_at - time.monotonic())
+    assert delays[0] < 0.3 and all(later > 1.8 * earlier for earlier, later in itertools.pairwise(delays))
