@@ -30,7 +30,8 @@ def main() -> None:
     settings = app.state.settings
     threading.Thread(target=stop_when_orphaned, name="orphan-watch", daemon=True).start()
     uvicorn.run(app, fd=args.fd, log_level=settings.log_level, log_config=None, access_log=False,
-                timeout_graceful_shutdown=10, backlog=2048)
+                timeout_graceful_shutdown=10, backlog=2048,
+                timeout_keep_alive=30)  # longer than clients keep idle connections: no reset on reuse
 
 
 if __name__ == "__main__":

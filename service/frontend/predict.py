@@ -19,7 +19,6 @@ from service.errors import ServeError
 from service.frontend.admission import Permit
 from service.frontend.catalog import ServedModel
 from service.outcomes import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull
-from service.runtimes.image_generator import SampleRequest, Samples
 from service.transport import PayloadCodec
 
 T = TypeVar("T")
@@ -101,7 +100,8 @@ async def decode_and_infer(request: Request, served: ServedModel, decode: Callab
                            raw_inputs: Sequence[Any], timeout_s: float) -> list[Any]:
     """Take the inputs' places in the model's queue, decode and validate them, run them on the engine."""
     require_ready(served)
-    with served.admission.take(served.name, len(raw_inputs)) as permit:
+    units = sum(served.runtime.units(raw) for raw in raw_inputs)
+    with served.admission.take(served.name, units) as permit:
         payloads = await decode_all(decode, raw_inputs)
         return await infer(request, served, payloads, timeout_s, permit)
 
@@ -114,15 +114,6 @@ async def infer(request: Request, served: ServedModel, payloads: list[Any], time
         raw = await until_disconnect(
             request, served.engine.call(served.name, served.version, deadline, PayloadCodec.encode(payloads)))
     return list(served.payload_codec.decode(raw))
-
-
-async def denoise(request: Request, served: ServedModel, sample: SampleRequest, timeout_s: float) -> Samples:
-    """Sample on the model's denoising loop, dropped between steps if the client leaves or time runs out."""
-    require_ready(served)
-    with served.admission.take(served.name, sample.n) as permit:
-        [samples] = await infer(request, served, [sample], timeout_s, permit)
-    assert isinstance(samples, Samples)
-    return samples
 
 
 @contextlib.contextmanager

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import BaseModel
+
+from service.errors import ServeError
 
 if TYPE_CHECKING:
     import torch
@@ -42,11 +45,16 @@ class DecodeLimits:
 SchedulerKind = Literal["batch", "generation", "denoising"]
 
 
+BodyKind = Literal["image", "text", "series"]
+
+
 class Runtime:
     """The base of every runtime (see the module's docstring for the two halves)."""
 
     task: ClassVar[str] = ""
     scheduler: ClassVar[SchedulerKind] = "batch"
+    body: ClassVar[BodyKind | None] = None  # how the native and KServe V1 routes read inputs (None: no such route)
+    parameters: ClassVar[type[BaseModel] | None] = None  # the request parameters' schema
     payload_type: ClassVar[Any] = Any
     result_type: ClassVar[Any] = Any
 
@@ -59,6 +67,35 @@ class Runtime:
         self.module: Any = None
         self.device: Any = None
         self.dtype: Any = None
+
+    # -- front-end half ------------------------------------------------------------------------
+    def prepare(self, params: Any) -> Any:
+        """Check a request's parameters against this model (e.g. a horizon within bounds); the parameters."""
+        return params
+
+    def units(self, raw: Any) -> int:
+        """The places one raw input takes in the model's queue (a generator's: its images)."""
+        return 1
+
+    def decode(self, raw: Any, index: int, params: Any) -> Any:
+        """One raw input (file bytes, text, numbers) -> the payload the engine runs; InputError if bad."""
+        raise ServeError(400, f"a {self.task} model has no predict route", "wrong_task")
+
+    def encode(self, result: Any, params: Any) -> dict[str, Any]:
+        """One result -> its JSON item."""
+        raise NotImplementedError
+
+    def v2_items(self, tensors: dict[str, np.ndarray], parameters: dict[str, Any],
+                 max_inputs: int) -> tuple[list[Any], Any]:
+        """V2 input tensors (and the request's parameters) -> raw inputs and parameters for ``v2_decode``."""
+        raise ServeError(400, f"a {self.task} model has no V2 infer", "wrong_task")
+
+    def v2_decode(self, raw: Any, index: int, params: Any) -> Any:
+        return self.decode(raw, index, params)
+
+    def v2_outputs(self, results: list[Any]) -> dict[str, np.ndarray]:
+        """Results -> V2 output tensors by name (those of ``outputs``)."""
+        raise NotImplementedError
 
     # -- engine half ---------------------------------------------------------------------------
     def attach(self, module: Any, device: torch.device, dtype: torch.dtype) -> None:

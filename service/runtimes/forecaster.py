@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from service.errors import InputError
+from service.runtimes import v2
 from service.runtimes.base import DecodeLimits, Runtime, TensorSpec
+from service.schemas import ForecastParameters
 
 if TYPE_CHECKING:
     import torch
@@ -25,6 +27,8 @@ class SeriesItem:
 
 class ForecasterRuntime(Runtime):
     task = "forecasting"
+    body = "series"
+    parameters = ForecastParameters
     payload_type = SeriesItem
     result_type = np.ndarray  # [horizon]
 
@@ -42,6 +46,25 @@ class ForecasterRuntime(Runtime):
         if not 1 <= horizon <= self.max_horizon:
             raise InputError(None, f"horizon must be between 1 and {self.max_horizon}, got {horizon}")
         return horizon
+
+    def prepare(self, params: ForecastParameters) -> ForecastParameters:
+        return params.model_copy(update={"horizon": self.check_horizon(params.horizon or self.step_horizon)})
+
+    def decode(self, raw: Any, index: int, params: ForecastParameters) -> SeriesItem:
+        return self.decode_series(raw, index, params.horizon or self.step_horizon)
+
+    def v2_items(self, tensors: dict[str, np.ndarray], parameters: dict[str, Any],
+                 max_inputs: int) -> tuple[list[Any], Any]:
+        series = tensors.get("series")
+        if set(tensors) != {"series"} or series is None or series.ndim != 2 or series.dtype.kind not in "fiu":
+            raise v2.ServeError(400, f"model {self.manifest.get('name')} takes one numeric input 'series' of shape "
+                                f"[-1, -1]; got {sorted(tensors)}", "invalid_input")
+        v2.check_batch(len(series), max_inputs)
+        params = self.prepare(v2.validate(ForecastParameters, {"horizon": parameters.get("horizon")}))
+        return [row.astype(np.float64).tolist() for row in series], params
+
+    def v2_outputs(self, results: list[np.ndarray]) -> dict[str, np.ndarray]:
+        return {"forecast": np.stack(results).astype(np.float32)}
 
     def decode_series(self, raw: Any, index: int, horizon: int) -> SeriesItem:
         if not isinstance(raw, list | tuple | np.ndarray) or any(

@@ -12,8 +12,10 @@ import numpy as np
 
 from models.imaging import png_bytes
 from service.errors import InputError
+from service.runtimes import v2
 from service.runtimes.base import DecodeLimits, Runtime, TensorSpec, classification_item
 from service.runtimes.images import decode_image
+from service.schemas import AnomalyParameters, ImageParameters
 
 if TYPE_CHECKING:
     import torch
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 class ImageRuntime(Runtime):
     """Decoding shared by image models: files of any format, or raw pixels (OIP V2)."""
 
+    body = "image"
     payload_type = np.ndarray  # float32 [C, H, W] in [0, 1]
 
     def __init__(self, manifest: dict[str, Any], limits: DecodeLimits, tokenizer: Any = None) -> None:
@@ -35,6 +38,18 @@ class ImageRuntime(Runtime):
     # -- decode (worker thread, before queueing) ---------------------------------------------
     def decode_image(self, data: bytes, index: int, invert: bool | None) -> np.ndarray:
         return decode_image(data, index, (self.shape[2], self.shape[1]), self.limits.max_image_pixels, invert)
+
+    def decode(self, raw: bytes, index: int, params: Any) -> np.ndarray:
+        return self.decode_image(raw, index, params.invert)
+
+    def v2_items(self, tensors: dict[str, np.ndarray], parameters: dict[str, Any],
+                 max_inputs: int) -> tuple[list[Any], Any]:
+        name = self.inputs[0].name
+        v2.check_names(tensors, [name], str(self.manifest.get("name")))
+        return v2.float_rows(tensors[name], name, list(self.shape), max_inputs), None
+
+    def v2_decode(self, raw: np.ndarray, index: int, params: Any) -> np.ndarray:
+        return self.decode_pixels(raw, index)
 
     def decode_pixels(self, array: np.ndarray, index: int) -> np.ndarray:
         """One item of raw pixels (OIP V2 ``pixels``): float [C, H, W] in [0, 1]."""
@@ -61,6 +76,7 @@ class ImageRuntime(Runtime):
 
 class ImageClassifierRuntime(ImageRuntime):
     task = "image-classification"
+    parameters = ImageParameters
     result_type = np.ndarray  # class probabilities [C]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -78,6 +94,10 @@ class ImageClassifierRuntime(ImageRuntime):
     def encode(self, probabilities: np.ndarray, params: Any) -> dict[str, Any]:
         return classification_item(probabilities, self.labels or [], params.top_k)
 
+    def v2_outputs(self, results: list[np.ndarray]) -> dict[str, np.ndarray]:
+        probabilities = np.stack(results).astype(np.float32)
+        return {"probabilities": probabilities, "label": v2.labels_tensor(probabilities, self.labels or [])}
+
 
 @dataclass(frozen=True)
 class AnomalyResult:
@@ -87,6 +107,7 @@ class AnomalyResult:
 
 class AnomalyRuntime(ImageRuntime):
     task = "anomaly-detection"
+    parameters = AnomalyParameters
     result_type = AnomalyResult
 
     def __init__(self, manifest: dict[str, Any], limits: DecodeLimits, tokenizer: Any = None) -> None:
@@ -111,3 +132,8 @@ class AnomalyRuntime(ImageRuntime):
         if params.reconstruction:
             item["reconstruction_png_b64"] = base64.b64encode(png_bytes(result.reconstruction[0])).decode()
         return item
+
+    def v2_outputs(self, results: list[AnomalyResult]) -> dict[str, np.ndarray]:
+        scores = np.array([result.score for result in results], dtype=np.float32)
+        return {"anomaly_score": scores, "is_anomaly": scores > self.threshold,
+                "reconstruction": np.stack([result.reconstruction for result in results]).astype(np.float32)}

@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from models.imaging import grid, png_bytes
+from service.errors import ServeError
+from service.runtimes import v2
 from service.runtimes.base import DecodeLimits, Runtime, TensorSpec
+from service.schemas import SampleParameters
 
 if TYPE_CHECKING:
     import torch
@@ -37,12 +40,21 @@ class Samples:
     labels: list[int | None]  # None: an unconditional model
 
 
+@dataclass(frozen=True)
+class StepBounds:
+    default: int
+    min: int
+    max: int
+
+
 class _ImageOutputs(Runtime):
     """What every generator shares: its labels, and its answers as a PNG grid or JSON."""
 
     task = "image-generation"
+    parameters = SampleParameters
     payload_type = SampleRequest
     result_type = Samples
+    steps: StepBounds | None = None
 
     def __init__(self, manifest: dict[str, Any], limits: DecodeLimits, tokenizer: Any = None) -> None:
         super().__init__(manifest, limits, tokenizer)
@@ -60,6 +72,34 @@ class _ImageOutputs(Runtime):
 
         super().attach(module, device, torch.float32)  # exact bytes per seed: no half precision
 
+    def sample_request(self, params: SampleParameters, seed: int) -> SampleRequest:
+        """Check the parameters against this generator (400 when out of its bounds)."""
+        if params.label is not None and (not self.conditional or params.label >= self.classes):
+            allowed = f"0 to {self.classes - 1}" if self.conditional else "none: the model is unconditional"
+            raise ServeError(400, f"label {params.label} is out of range; labels: {allowed}", "invalid_input")
+        bounds = self.steps
+        if params.steps is not None and (bounds is None or not bounds.min <= params.steps <= bounds.max):
+            allowed = f"{bounds.min} to {bounds.max}" if bounds else "none: the model draws in one forward"
+            raise ServeError(400, f"steps {params.steps} is out of range; steps: {allowed}", "invalid_input")
+        return SampleRequest(params.n, seed, params.label, params.steps)
+
+    def units(self, raw: SampleRequest) -> int:
+        return raw.n
+
+    def decode(self, raw: SampleRequest, index: int, params: Any) -> SampleRequest:
+        return raw  # checked by sample_request
+
+    def v2_items(self, tensors: dict[str, np.ndarray], parameters: dict[str, Any],
+                 max_inputs: int) -> tuple[list[Any], Any]:
+        """Scalar INT64 inputs ("seed" required, "n", "label", "steps") -> one sampling request."""
+        v2.check_names(tensors, [spec.name for spec in self.inputs], str(self.manifest.get("name")), required="seed")
+        params = v2.validate(SampleParameters, {"n": 1, **v2.scalars(tensors)}, where="input")
+        return [self.sample_request(params, params.seed)], None
+
+    def v2_outputs(self, results: list[Samples]) -> dict[str, np.ndarray]:
+        [samples] = results
+        return {"images": samples.images[:, None].astype(np.float32)}
+
     def label_name(self, label: int) -> str:
         return self.labels[label] if self.labels else str(label)
 
@@ -76,14 +116,10 @@ class _ImageOutputs(Runtime):
 class ImageGeneratorRuntime(_ImageOutputs):
     """A GAN generator: noise (and a label) -> images in one forward per request."""
 
-    steps = None  # one forward: no sampling steps to choose
 
     def __init__(self, manifest: dict[str, Any], limits: DecodeLimits, tokenizer: Any = None) -> None:
         super().__init__(manifest, limits, tokenizer)
         self.latent = int(manifest["config"]["latent"])
-
-    def decode_request(self, request: SampleRequest, index: int) -> SampleRequest:
-        return request  # validated by the route's parameter schema
 
     def forward(self, payloads: list[SampleRequest]) -> Sequence[Samples]:
         import torch
@@ -107,13 +143,6 @@ class ImageGeneratorRuntime(_ImageOutputs):
         self.forward([SampleRequest(16, 0, None)])
 
 
-@dataclass(frozen=True)
-class StepBounds:
-    default: int
-    min: int
-    max: int
-
-
 class DiffusionRuntime(_ImageOutputs):
     """A denoising diffusion model (unconditional): noise -> images in ``steps`` DDIM updates.
 
@@ -129,8 +158,9 @@ class DiffusionRuntime(_ImageOutputs):
         super().__init__(manifest, limits, tokenizer)
         sampling = manifest.get("sampling", {})
         self.timesteps = int(manifest["config"].get("timesteps", 1000))
-        self.steps = StepBounds(int(sampling.get("default_steps", 50)), 1,
-                                int(sampling.get("max_steps", self.timesteps)))
+        self.step_bounds = StepBounds(int(sampling.get("default_steps", 50)), 1,
+                                      int(sampling.get("max_steps", self.timesteps)))
+        self.steps = self.step_bounds
         self.rows_per_forward = 16  # set by the registry from the model's max_batch_size
         self.inputs.append(TensorSpec("steps", "INT64", [1]))
 
@@ -138,7 +168,7 @@ class DiffusionRuntime(_ImageOutputs):
         """The request's timesteps, descending; the last update goes from the last one to the clean image."""
         from models.diffusion import ddim_timesteps
 
-        return ddim_timesteps(self.timesteps, request.steps or self.steps.default)
+        return ddim_timesteps(self.timesteps, request.steps or self.step_bounds.default)
 
     def noise(self, request: SampleRequest) -> torch.Tensor:
         import torch

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.errors import InputError
 from service.runtimes.base import DecodeLimits, Runtime, TensorSpec
+from service.schemas import GenerateRequest
 
 if TYPE_CHECKING:
     import torch
@@ -84,6 +85,7 @@ def sample(logits: torch.Tensor, samplings: list[Sampling], generators: list[tor
 class LanguageModelRuntime(Runtime):
     task = "text-generation"
     scheduler = "generation"
+    parameters = GenerateRequest
     payload_type = GenerationRequest
 
     def __init__(self, manifest: dict[str, Any], limits: DecodeLimits, tokenizer: Any = None) -> None:

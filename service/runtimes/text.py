@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from service.errors import InputError
+from service.runtimes import v2
 from service.runtimes.base import DecodeLimits, Runtime, TensorSpec, classification_item
+from service.schemas import TextParameters
 
 if TYPE_CHECKING:
     import torch
@@ -46,6 +48,8 @@ def length_buckets(lengths: Sequence[int], growth: float = BUCKET_GROWTH) -> lis
 class TextRuntime(Runtime):
     """Shared by the text classifier and embedder: tokenization, bucketing, padding, the forward."""
 
+    body = "text"
+    parameters = TextParameters
     payload_type = TextItem
     result_type = TextResult
 
@@ -58,6 +62,17 @@ class TextRuntime(Runtime):
         self.tokenizer = tokenizer
         self.tokenizer.enable_truncation(self.max_tokens)  # the tokenizer keeps [SEP] when it truncates
         self.inputs = [TensorSpec("text", "BYTES", [-1])]
+
+    def decode(self, raw: Any, index: int, params: Any) -> TextItem:
+        return self.decode_text(raw, index)
+
+    def v2_items(self, tensors: dict[str, np.ndarray], parameters: dict[str, Any],
+                 max_inputs: int) -> tuple[list[Any], Any]:
+        v2.check_names(tensors, ["text"], str(self.manifest.get("name")))
+        return v2.bytes_items(tensors["text"], "text", max_inputs), None
+
+    def v2_decode(self, raw: Any, index: int, params: Any) -> TextItem:
+        return self.decode_bytes(raw, index)
 
     def decode_text(self, text: Any, index: int) -> TextItem:
         if not isinstance(text, str):
@@ -123,6 +138,10 @@ class TextClassifierRuntime(TextRuntime):
     def encode(self, result: TextResult, params: Any) -> dict[str, Any]:
         return {**classification_item(result.vector, self.labels or [], params.top_k), "truncated": result.truncated}
 
+    def v2_outputs(self, results: list[TextResult]) -> dict[str, np.ndarray]:
+        probabilities = np.stack([result.vector for result in results]).astype(np.float32)
+        return {"probabilities": probabilities, "label": v2.labels_tensor(probabilities, self.labels or [])}
+
 
 class TextEmbedderRuntime(TextRuntime):
     task = "text-embedding"
@@ -134,3 +153,6 @@ class TextEmbedderRuntime(TextRuntime):
 
     def encode(self, result: TextResult, params: Any = None) -> dict[str, Any]:
         return {"embedding": result.vector.astype(np.float32).tolist(), "truncated": result.truncated}
+
+    def v2_outputs(self, results: list[TextResult]) -> dict[str, np.ndarray]:
+        return {"embedding": np.stack([result.vector for result in results]).astype(np.float32)}

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from service.errors import InputError, ServeError
 from service.runtimes.images import ACCEPTED_MEDIA_TYPES
 from service.schemas import KServeV1Request, PredictRequest
+from service.settings import Settings
 
 JSON_TYPES = {"application/json", "text/json"}
 
@@ -58,9 +59,10 @@ def check_count(count: int, limit: int) -> None:
         raise ServeError(413, f"{count} inputs exceed the limit of {limit} per request", "too_many_inputs")
 
 
-async def read_image_request(request: Request, max_inputs: int, max_part_bytes: int,
+async def read_image_request(request: Request, settings: Settings,
                              instances_key: str = "inputs") -> tuple[list[bytes], dict[str, Any]]:
     """(image files' bytes, parameters) from any of the accepted encodings."""
+    max_inputs, max_part_bytes = settings.max_inputs_per_request, settings.max_body_bytes
     kind = media_type(request)
     query = dict(request.query_params)
     if kind in ACCEPTED_MEDIA_TYPES or kind == "application/octet-stream":
@@ -80,13 +82,13 @@ async def read_image_request(request: Request, max_inputs: int, max_part_bytes: 
         check_count(len(files), max_inputs)
         return files, params
     if kind in JSON_TYPES or kind.endswith("+json"):
-        items, params = await read_json_inputs(request, max_inputs, instances_key)
+        items, params = await read_json_inputs(request, settings, instances_key)
         return [b64_image(item, index) for index, item in enumerate(items)], params
     raise ServeError(415, f"unsupported media type {kind or '(none)'!r}: send an image (image/png, image/jpeg, "
                      "image/webp, image/bmp), multipart/form-data with file fields, or application/json")
 
 
-async def read_json_inputs(request: Request, max_inputs: int,
+async def read_json_inputs(request: Request, settings: Settings,
                            instances_key: str = "inputs") -> tuple[list[Any], dict[str, Any]]:
     """(inputs, parameters) from JSON ``{"inputs": [...], "parameters": {...}}`` (or KServe's ``instances``)."""
     kind = media_type(request)
@@ -95,11 +97,11 @@ async def read_json_inputs(request: Request, max_inputs: int,
                          f'{{"{instances_key}": [...], "parameters": {{...}}}}')
     parsed = await read_json(request, PredictRequest if instances_key == "inputs" else KServeV1Request)
     items = getattr(parsed, instances_key)
-    check_count(len(items), max_inputs)
+    check_count(len(items), settings.max_inputs_per_request)
     return items, {**dict(request.query_params), **parsed.parameters}
 
 
-async def read_text_request(request: Request, max_inputs: int,
+async def read_text_request(request: Request, settings: Settings,
                             instances_key: str = "inputs") -> tuple[list[Any], dict[str, Any]]:
     """(texts, parameters) from JSON ``{"inputs": [...]}`` (or ``instances``) or a text/plain body."""
     if media_type(request) == "text/plain":
@@ -108,4 +110,4 @@ async def read_text_request(request: Request, max_inputs: int,
             return [body.decode("utf-8")], dict(request.query_params)
         except UnicodeDecodeError:
             raise InputError(0, "text is not valid UTF-8") from None
-    return await read_json_inputs(request, max_inputs, instances_key)
+    return await read_json_inputs(request, settings, instances_key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
@@ -15,10 +16,6 @@ from service.frontend.routes.deps import CatalogDep, SettingsDep
 from service.responses import JSONResponse
 from service.schemas import (
     ERROR_RESPONSES,
-    AnomalyParameters,
-    ForecastParameters,
-    GenerateRequest,
-    ImageParameters,
     PredictResponse,
     SampleParameters,
     TextParameters,
@@ -54,9 +51,10 @@ def model_summary(catalog: Catalog, name: str) -> dict[str, Any]:
 
 def parameters_of(served: ServedModel) -> dict[str, Any]:
     """Each request parameter with its JSON schema plus ``default``, ``min`` and ``max`` for this model."""
-    properties = PARAMETERS.get(served.task, TextParameters).model_json_schema()["properties"]
+    schema = served.runtime.parameters if served.runtime is not None else None
+    properties = (schema or TextParameters).model_json_schema()["properties"]
     steps = getattr(served.runtime, "steps", None)
-    if served.task == "image-generation":
+    if schema is SampleParameters:
         if steps is None:
             properties.pop("steps", None)  # a GAN draws in one forward
         else:
@@ -114,41 +112,24 @@ def parse_parameters(schema: type[P], params: dict[str, Any]) -> P:
         raise ServeError(422, f"parameters.{where}: {first['msg']}", "validation_error") from None
 
 
-TEXT_TASKS = ("text-classification", "text-embedding")
-IMAGE_TASKS = ("image-classification", "anomaly-detection")
-PARAMETERS: dict[str, type[BaseModel]] = {"image-classification": ImageParameters, "forecasting": ForecastParameters,
-                                          "text-generation": GenerateRequest, "anomaly-detection": AnomalyParameters,
-                                          "image-generation": SampleParameters}
+BODY_READERS = {"image": read_image_request, "text": read_text_request, "series": read_json_inputs}
 
 
 async def predict_items(request: Request, served: ServedModel, catalog: Catalog, settings: Settings,
                         instances_key: str = "inputs") -> list[dict[str, Any]]:
-    """Shared by the native and KServe V1 routes: read the body for the model's task, decode, batch, encode."""
+    """Shared by the native and KServe V1 routes: admit, read the body the runtime takes, decode, run, encode."""
     runtime, timeout_s = served.runtime, catalog.timeout_s(served)
     if runtime is None:
         raise ServeError(503, f"model {served.name} v{served.version} is not loaded ({served.status})",
                          headers={"Retry-After": "5"})
+    if runtime.body is None:
+        raise ServeError(400, f"model {served.name} ({served.task}) has no predict route", "wrong_task")
     admit(served)  # a full or unready model refuses before its body is read
-    if served.task in IMAGE_TASKS:
-        raw, params = await read_image_request(request, settings.max_inputs_per_request, settings.max_body_bytes,
-                                               instances_key)
-        image_params = parse_parameters(PARAMETERS[served.task], params)
-        invert = image_params.invert  # type: ignore[attr-defined]
-        results = await decode_and_infer(
-            request, served, lambda data, index: runtime.decode_image(data, index, invert), raw, timeout_s)
-        return [runtime.encode(result, image_params) for result in results]
-    if served.task in TEXT_TASKS:
-        texts, params = await read_text_request(request, settings.max_inputs_per_request, instances_key)
-        text_params = parse_parameters(TextParameters, params)
-        results = await decode_and_infer(request, served, runtime.decode_text, texts, timeout_s)
-        return [runtime.encode(result, text_params) for result in results]
-    if served.task == "forecasting":
-        series, params = await read_json_inputs(request, settings.max_inputs_per_request, instances_key)
-        horizon = runtime.check_horizon(parse_parameters(ForecastParameters, params).horizon or runtime.step_horizon)
-        results = await decode_and_infer(request, served, lambda raw, index: runtime.decode_series(raw, index, horizon),
-                                         series, timeout_s)
-        return [runtime.encode(result) for result in results]
-    raise ServeError(400, f"model {served.name} ({served.task}) has no predict route", "wrong_task")
+    raw, query = await BODY_READERS[runtime.body](request, settings, instances_key)
+    params = runtime.prepare(parse_parameters(runtime.parameters, query))
+    results = await decode_and_infer(request, served, functools.partial(runtime.decode, params=params), raw,
+                                     timeout_s)
+    return [runtime.encode(result, params) for result in results]
 
 
 async def _predict(request: Request, served: ServedModel, catalog: Catalog, settings: Settings) -> JSONResponse:

@@ -3,6 +3,7 @@ both the JSON tensor encoding and the binary tensor data extension that ``triton
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -15,9 +16,8 @@ from service.errors import ServeError
 from service.frontend.catalog import Catalog, ServedModel
 from service.frontend.predict import admit, decode_and_infer
 from service.frontend.routes.deps import CatalogDep, SettingsDep
-from service.frontend.routes.samples import draw
 from service.responses import JSONResponse
-from service.schemas import ERROR_RESPONSES, SampleParameters
+from service.schemas import ERROR_RESPONSES
 
 router = APIRouter(tags=["oip-v2"])
 
@@ -222,29 +222,6 @@ INFER_BODY = {"requestBody": {"required": True, "content": {
                                                            "Inference-Header-Content-Length header"}}}}}
 
 
-def _pixels_items(tensors: dict[str, np.ndarray], served: ServedModel, max_inputs: int) -> np.ndarray:
-    names = [spec.name for spec in served.runtime.inputs]
-    unknown = set(tensors) - set(names)
-    if unknown or names[0] not in tensors:
-        raise ServeError(400, f"model {served.name} takes the input {names[0]!r}; got {sorted(tensors)}",
-                         "invalid_input")
-    pixels = tensors[names[0]]
-    expected = served.runtime.inputs[0].shape[1:]
-    if pixels.ndim != len(expected) + 1 or list(pixels.shape[1:]) != expected:
-        raise ServeError(400, f"input {names[0]} must have shape [-1, {', '.join(map(str, expected))}], "
-                         f"got {list(pixels.shape)}", "invalid_input")
-    if pixels.shape[0] == 0:
-        raise ServeError(422, "the batch dimension must not be empty", "validation_error")
-    if pixels.shape[0] > max_inputs:
-        raise ServeError(413, f"{pixels.shape[0]} inputs exceed the limit of {max_inputs} per request",
-                         "too_many_inputs")
-    if pixels.dtype == np.uint8:
-        return pixels.astype(np.float32) / 255.0
-    if pixels.dtype.kind != "f":
-        raise ServeError(400, f"input {names[0]} must be FP32 (or UINT8 0-255), got {pixels.dtype}", "invalid_input")
-    return pixels.astype(np.float32, copy=False)
-
-
 def _requested_outputs(parsed: InferRequest, served: ServedModel) -> list[tuple[str, str, bool]]:
     """(name, datatype, binary?) per output to return; all outputs when none are named."""
     available = {spec.name: spec.datatype for spec in served.runtime.outputs}
@@ -264,89 +241,14 @@ def _requested_outputs(parsed: InferRequest, served: ServedModel) -> list[tuple[
     return chosen
 
 
-def _text_items(tensors: dict[str, np.ndarray], served: ServedModel, max_inputs: int) -> list[Any]:
-    if set(tensors) != {"text"}:
-        raise ServeError(400, f"model {served.name} takes one BYTES input 'text'; got {sorted(tensors)}",
-                         "invalid_input")
-    text = tensors["text"]
-    if text.dtype != np.object_ or text.ndim not in (1, 2) or (text.ndim == 2 and text.shape[1] != 1):
-        raise ServeError(400, f"input text must be BYTES of shape [-1] (or [-1, 1]), got {list(text.shape)}",
-                         "invalid_input")
-    items = list(text.reshape(-1))
-    if not items:
-        raise ServeError(422, "the batch dimension must not be empty", "validation_error")
-    if len(items) > max_inputs:
-        raise ServeError(413, f"{len(items)} inputs exceed the limit of {max_inputs} per request", "too_many_inputs")
-    return items
-
-
-def _series_items(tensors: dict[str, np.ndarray], served: ServedModel, max_inputs: int) -> list[Any]:
-    series = tensors.get("series")
-    if set(tensors) != {"series"} or series is None or series.ndim != 2 or series.dtype.kind not in "fiu":
-        raise ServeError(400, f"model {served.name} takes one numeric input 'series' of shape [-1, -1]; "
-                         f"got {sorted(tensors)}", "invalid_input")
-    if not 0 < len(series) <= max_inputs:
-        raise ServeError(413 if len(series) else 422, f"{len(series)} series in one request; "
-                         f"1 to {max_inputs} are accepted", "too_many_inputs" if len(series) else "validation_error")
-    return [row.astype(np.float64).tolist() for row in series]
-
-
-def _sample_parameters(tensors: dict[str, np.ndarray], served: ServedModel) -> SampleParameters:
-    """A generator's scalar INT64 inputs ("seed", "n", "label", "steps") as the samples route's parameters."""
-    names = [spec.name for spec in served.runtime.inputs]
-    unknown = set(tensors) - set(names)
-    if unknown or "seed" not in tensors:
-        raise ServeError(400, f"model {served.name} takes the INT64 inputs {names} (seed required); "
-                         f"got {sorted(tensors)}", "invalid_input")
-    values = {}
-    for name, tensor in tensors.items():
-        if tensor.size != 1 or tensor.dtype.kind not in "iu":
-            raise ServeError(400, f"input {name} must be one integer (INT64, shape [1]), got "
-                             f"{tensor.dtype} of shape {list(tensor.shape)}", "invalid_input")
-        values[name] = int(tensor.reshape(-1)[0])
-    try:
-        return SampleParameters.model_validate({"n": 1, **values})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ServeError(422, f"input {first['loc'][0]}: {first['msg']}", "validation_error") from None
-
-
 async def _run(request: Request, served: ServedModel, catalog: Catalog, parsed: InferRequest,
                tensors: dict[str, np.ndarray], max_inputs: int) -> dict[str, np.ndarray]:
-    """Decode the input tensor into items, batch them, and gather the outputs as tensors by name."""
-    runtime, timeout_s = served.runtime, catalog.timeout_s(served)
-    if served.task == "forecasting":
-        horizon = parsed.parameters.get("horizon", runtime.step_horizon)
-        if not isinstance(horizon, int) or isinstance(horizon, bool):
-            raise ServeError(400, "parameters.horizon must be an integer", "invalid_input")
-        runtime.check_horizon(horizon)
-        forecasts = await decode_and_infer(request, served, lambda raw, i: runtime.decode_series(raw, i, horizon),
-                                           _series_items(tensors, served, max_inputs), timeout_s)
-        return {"forecast": np.stack(forecasts).astype(np.float32)}
-    if served.task == "anomaly-detection":
-        found = await decode_and_infer(request, served, runtime.decode_pixels,
-                                       list(_pixels_items(tensors, served, max_inputs)), timeout_s)
-        scores = np.array([r.score for r in found], dtype=np.float32)
-        return {"anomaly_score": scores, "is_anomaly": scores > runtime.threshold,
-                "reconstruction": np.stack([r.reconstruction for r in found]).astype(np.float32)}
-    if served.task == "image-classification":
-        results = await decode_and_infer(request, served, runtime.decode_pixels,
-                                         list(_pixels_items(tensors, served, max_inputs)), timeout_s)
-        probabilities = np.stack(results)
-    elif served.task in ("text-classification", "text-embedding"):
-        results = await decode_and_infer(request, served, runtime.decode_bytes,
-                                         _text_items(tensors, served, max_inputs), timeout_s)
-        vectors = np.stack([result.vector for result in results]).astype(np.float32)
-        if served.task == "text-embedding":
-            return {"embedding": vectors}
-        probabilities = vectors
-    elif served.task == "image-generation":
-        samples = await draw(request, served, catalog, _sample_parameters(tensors, served))
-        return {"images": samples.images[:, None].astype(np.float32)}
-    else:
-        raise ServeError(400, f"model {served.name} ({served.task}) has no V2 infer", "wrong_task")
-    labels = np.array([runtime.labels[i].encode() for i in probabilities.argmax(axis=1)], dtype=np.object_)
-    return {"probabilities": probabilities.astype(np.float32), "label": labels}
+    """The input tensors as the runtime's raw inputs, run on the engine, the results as output tensors."""
+    runtime = served.runtime
+    raw, params = runtime.v2_items(tensors, parsed.parameters, max_inputs)
+    results = await decode_and_infer(request, served, functools.partial(runtime.v2_decode, params=params), raw,
+                                     catalog.timeout_s(served))
+    return dict(runtime.v2_outputs(results))
 
 
 async def _infer(request: Request, served: ServedModel, catalog: Catalog, max_inputs: int) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 from typing import Annotated, Any
 
@@ -10,10 +11,10 @@ from starlette.responses import Response
 
 from service.errors import ServeError
 from service.frontend.catalog import Catalog, ServedModel
-from service.frontend.predict import admit, decode_and_infer, denoise
+from service.frontend.predict import admit, decode_and_infer
 from service.frontend.routes.deps import CatalogDep
 from service.responses import JSONResponse
-from service.runtimes.image_generator import SampleRequest, Samples
+from service.runtimes.image_generator import Samples
 from service.schemas import ERROR_RESPONSES, SampleParameters
 
 router = APIRouter(tags=["generation"])
@@ -29,21 +30,12 @@ def generator_runtime(served: ServedModel) -> Any:
 
 
 async def draw(request: Request, served: ServedModel, catalog: Catalog, params: SampleParameters) -> Samples:
-    """Check the parameters against this generator, then sample on its worker (shared with V2 infer)."""
+    """Check the parameters against this generator, then sample on the engine."""
     runtime = generator_runtime(served)
-    if params.label is not None and (not runtime.conditional or params.label >= runtime.classes):
-        allowed = f"0 to {runtime.classes - 1}" if runtime.conditional else "none: the model is unconditional"
-        raise ServeError(400, f"label {params.label} is out of range; labels: {allowed}", "invalid_input")
-    bounds = runtime.steps
-    if params.steps is not None and (bounds is None or not bounds.min <= params.steps <= bounds.max):
-        allowed = f"{bounds.min} to {bounds.max}" if bounds else "none: the model draws in one forward"
-        raise ServeError(400, f"steps {params.steps} is out of range; steps: {allowed}", "invalid_input")
     seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
-    sample_request = SampleRequest(params.n, seed, params.label, params.steps)
-    if runtime.scheduler == "denoising":
-        return await denoise(request, served, sample_request, catalog.timeout_s(served))
-    [samples] = await decode_and_infer(request, served, runtime.decode_request, [sample_request],
-                                       catalog.timeout_s(served))
+    sample_request = runtime.sample_request(params, seed)
+    decode = functools.partial(runtime.decode, params=None)
+    [samples] = await decode_and_infer(request, served, decode, [sample_request], catalog.timeout_s(served))
     return samples
 
 
