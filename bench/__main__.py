@@ -25,9 +25,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument("--warmup", type=int, default=3, help="whole seconds of wrk warm-up per server start")
     parser.add_argument("--repeats", type=int, default=3, help="runs of every (server, concurrency) cell")
     parser.add_argument("--torch-threads", type=int, default=1, help="torch threads in every server process")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="processes per server: ours SERVE_WORKERS, naive uvicorn workers, "
-                             "LitServe workers_per_device")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes per server: ours SERVE_WORKERS, naive uvicorn workers, LitServe "
+                             "workers_per_device; default: each server's own (ours SERVE_WORKERS' default, naive 1, "
+                             "LitServe 1)")
     parser.add_argument("--max-batch-size", type=int, default=32, help="ours and LitServe")
     parser.add_argument("--max-delay-ms", type=float, default=2.0, help="ours; LitServe's batch_timeout")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (it shares the CPUs with the server)")
@@ -38,8 +39,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
-    if min(concurrency, default=0) < 1 or min(args.repeats, args.duration, args.torch_threads) < 1 or args.warmup < 0:
-        parser.error("need concurrency levels, --repeats, --duration and --torch-threads >= 1 and --warmup >= 0")
+    if min(concurrency, default=0) < 1 or min(args.repeats, args.duration, args.torch_threads, args.workers or 1) < 1 \
+            or args.warmup < 0:
+        parser.error("need concurrency levels, --repeats, --duration, --torch-threads and --workers >= 1 "
+                     "and --warmup >= 0")
     return Config(concurrency=concurrency, duration_s=args.duration, warmup_s=args.warmup, repeats=args.repeats,
                   torch_threads=args.torch_threads, max_batch_size=args.max_batch_size,
                   max_delay_ms=args.max_delay_ms, wrk_threads=args.wrk_threads, wrk_timeout_s=args.wrk_timeout,

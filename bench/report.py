@@ -13,6 +13,7 @@ from bench.wrk import WrkResult
 
 OURS = "ours"
 METRICS = ("rps", "p50_ms", "p99_ms")
+USAGE = ("cores", "rss_mib")  # the server's whole process tree, from /proc
 
 
 @dataclass(frozen=True)
@@ -22,10 +23,14 @@ class Cell:
     repeat: int
     result: WrkResult
     mean_batch: float | None = None  # ours only, from /metrics
+    cores: float = 0.0  # CPU seconds of the server's process tree over the run / its wall seconds
+    rss_mib: float = 0.0  # VmRSS summed over the tree, right after the run
+    processes: int = 0  # in the tree, right after the run
 
     def to_json(self) -> dict[str, Any]:
         return {"server": self.server, "concurrency": self.concurrency, "repeat": self.repeat,
-                **asdict(self.result), "mean_batch": self.mean_batch}
+                **asdict(self.result), "mean_batch": self.mean_batch, "cores": self.cores, "rss_mib": self.rss_mib,
+                "processes": self.processes}
 
 
 def write(out_dir: Path, stem: str, text: str, args: argparse.Namespace, measured: dict[str, Any]) -> None:
@@ -49,6 +54,8 @@ def summarize(cells: list[Cell]) -> list[dict[str, Any]]:
             batches = [c.mean_batch for c in runs if c.mean_batch is not None]
             rows.append({"concurrency": concurrency, "server": server, "repeats": len(runs),
                          **{m: spread([getattr(c.result, m) for c in runs]) for m in METRICS},
+                         **{m: spread([getattr(c, m) for c in runs]) for m in USAGE},
+                         "processes": sorted({c.processes for c in runs}),
                          "non_2xx": sum(c.result.non_2xx for c in runs),
                          "socket_errors": sum(c.result.socket_errors for c in runs),
                          "mean_batch": spread(batches) if batches else None})
@@ -94,20 +101,26 @@ def markdown(meta: dict[str, Any], summary: list[dict[str, Any]], ratio_rows: li
         f"- machine: {m['nproc']} CPUs ({m['cpu_model']}), load average at start {m['loadavg_start']}, "
         f"at end {m['loadavg_end']}",
         f"- torch {meta['versions']['torch']}, device cpu, {s['torch_threads']} torch thread(s) in every server "
-        f"process, {s.get('workers', 1)} process(es) per server (LitServe: inference workers); "
-        f"batching (ours, litserve): max_batch_size {s['max_batch_size']}, max delay {s['max_delay_ms']:g} ms",
+        f"process; batching (ours, litserve): max_batch_size {s['max_batch_size']}, max delay "
+        f"{s['max_delay_ms']:g} ms",
+        "- processes: " + "; ".join(f"{name}: {what}" for name, what in s["processes"].items()),
         f"- load: {meta['versions']['wrk']}, {s['wrk_threads']} thread(s), {s['duration_s']:g} s per run after a "
         f"{s['warmup_s']:g} s warm-up per server start, {s['repeats']} repeats with the servers interleaved; "
         f"one real MNIST test digit (PNG, {s['png_bytes']} bytes, label {s['png_label']}) POSTed as image/png",
-        "- cells: median (min-max) across repeats; latency from wrk --latency",
+        "- cells: median (min-max) across repeats; latency from wrk --latency; cores = CPU time (utime + stime) of "
+        "the server's whole process tree over the run / the run's wall time; RSS = VmRSS summed over that tree "
+        "right after the run (shared pages count once per process); processes = the tree's size",
         "",
-        "| concurrency | server | req/s | p50 ms | p99 ms | non-2xx | socket errors | mean batch |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| concurrency | server | req/s | p50 ms | p99 ms | non-2xx | socket errors | mean batch | cores | RSS MiB "
+        "| processes |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in summary:
         batch = _fmt(row["mean_batch"], 1) if row["mean_batch"] else "-"
         lines.append(f"| {row['concurrency']} | {row['server']} | {_fmt(row['rps'], 0)} | {_fmt(row['p50_ms'], 2)} "
-                     f"| {_fmt(row['p99_ms'], 2)} | {row['non_2xx']} | {row['socket_errors']} | {batch} |")
+                     f"| {_fmt(row['p99_ms'], 2)} | {row['non_2xx']} | {row['socket_errors']} | {batch} "
+                     f"| {_fmt(row['cores'], 2)} | {_fmt(row['rss_mib'], 0)} "
+                     f"| {'/'.join(map(str, row['processes']))} |")
     lines += [
         "",
         "Ours / baseline: ratio of the medians (min-max of the per-repeat ratios). "

@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import report, samples, servers, wrk
+from bench import proctree, report, samples, servers, wrk
 
 PACKAGES = ("torch", "fastapi", "uvicorn", "litserve")
 
@@ -34,7 +34,7 @@ class Config:
     startup_timeout_s: float
     weights: Path
     out_dir: Path
-    workers: int = 1  # processes per server (ours: SERVE_WORKERS; LitServe: workers per device)
+    workers: int | None = None  # per server (ours: SERVE_WORKERS; LitServe: workers per device); None: its default
 
 
 def log(message: str) -> None:
@@ -58,23 +58,33 @@ def batch_totals(base_url: str) -> tuple[float, float]:
 def run_server(spec: servers.ServerSpec, repeat: int, config: Config, png: Path, digits: list[samples.Sample],
                log_path: Path) -> list[report.Cell]:
     cells = []
-    with servers.running(spec, log_path, config.startup_timeout_s) as base_url:
-        samples.check(spec.name, base_url, digits)
-        url = base_url + servers.PREDICT_PATH
+    with servers.started(spec, log_path, config.startup_timeout_s) as server:
+        samples.check(spec.name, server.base_url, digits)
+        url = server.base_url + servers.PREDICT_PATH
         if config.warmup_s:
             wrk.run(url, png, max(config.concurrency), config.warmup_s, config.wrk_threads, config.wrk_timeout_s)
         for concurrency in config.concurrency:
-            before = batch_totals(base_url) if spec.has_metrics else None
-            result = wrk.run(url, png, concurrency, config.duration_s, config.wrk_threads, config.wrk_timeout_s)
-            mean_batch = None
-            if before is not None:
-                after = batch_totals(base_url)
-                mean_batch = (after[0] - before[0]) / max(after[1] - before[1], 1.0)
-            cells.append(report.Cell(spec.name, concurrency, repeat, result, mean_batch))
-            log(f"  {spec.name:>8} c={concurrency:<3} {result.rps:8.1f} req/s  p50 {result.p50_ms:7.2f} ms  "
-                f"p99 {result.p99_ms:7.2f} ms  non-2xx {result.non_2xx}"
-                + (f"  mean batch {mean_batch:.1f}" if mean_batch is not None else ""))
+            cells.append(measure(spec, server, repeat, concurrency, config, png))
     return cells
+
+
+def measure(spec: servers.ServerSpec, server: servers.Server, repeat: int, concurrency: int, config: Config,
+            png: Path) -> report.Cell:
+    """One wrk run, with the server tree's cores and memory and (ours) the mean batch size over it."""
+    before = batch_totals(server.base_url) if spec.has_metrics else None
+    with proctree.usage(server.pid) as usage:
+        result = wrk.run(server.base_url + servers.PREDICT_PATH, png, concurrency, config.duration_s,
+                         config.wrk_threads, config.wrk_timeout_s)
+    mean_batch = None
+    if before is not None:
+        after = batch_totals(server.base_url)
+        mean_batch = (after[0] - before[0]) / max(after[1] - before[1], 1.0)
+    log(f"  {spec.name:>8} c={concurrency:<3} {result.rps:8.1f} req/s  p50 {result.p50_ms:7.2f} ms  "
+        f"p99 {result.p99_ms:7.2f} ms  non-2xx {result.non_2xx}  cores {usage.cores:.2f}  "
+        f"RSS {usage.rss_mib:.0f} MiB ({usage.processes} processes)"
+        + (f"  mean batch {mean_batch:.1f}" if mean_batch is not None else ""))
+    return report.Cell(spec.name, concurrency, repeat, result, mean_batch, usage.cores, usage.rss_mib,
+                       usage.processes)
 
 
 def machine() -> dict[str, Any]:
@@ -108,7 +118,8 @@ def run(config: Config, command: str) -> str:
         "versions": {"wrk": wrk_version, **{p: metadata.version(p) for p in PACKAGES}},
         "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
                      "device": "cpu", "png_bytes": len(digits[0].png), "png_label": digits[0].label,
-                     "png_test_index": digits[0].index, "servers": {s.name: shlex.join(s.argv) for s in specs}},
+                     "png_test_index": digits[0].index, "servers": {s.name: shlex.join(s.argv) for s in specs},
+                     "processes": {s.name: s.processes for s in specs}},
     }
     cells: list[report.Cell] = []
     for repeat in range(config.repeats):

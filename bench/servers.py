@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"  # all traffic stays on loopback
 PREDICT_PATH = "/v1/models/mnist-cnn/predict"
@@ -28,26 +30,43 @@ class ServerSpec:
     argv: list[str]  # "{port}" is replaced by the port
     ready_path: str
     has_metrics: bool = False
+    processes: str = ""  # what it runs with, in words, for the report
 
     def command(self, port: int) -> list[str]:
         return [part.replace("{port}", str(port)) for part in self.argv]
 
 
 def specs(weights: Path, torch_threads: int, max_batch_size: int, max_delay_ms: float,
-          workers: int = 1) -> list[ServerSpec]:
-    """Ours and the two baselines, with the same weights, torch threads, batching limits and processes."""
-    py, common = sys.executable, ["--port", "{port}", "--weights", str(weights), "--torch-threads", str(torch_threads),
-                                  "--workers", str(workers)]
+          workers: int | None = None) -> list[ServerSpec]:
+    """Ours and the two baselines, with the same weights, torch threads and batching limits.
+
+    ``workers`` None leaves each server at its own default process count (ours: SERVE_WORKERS front-ends;
+    naive: one uvicorn process; LitServe: workers_per_device=1); a number is passed to all three.
+    """
+    py, common = sys.executable, ["--port", "{port}", "--weights", str(weights), "--torch-threads", str(torch_threads)]
+    flag = [] if workers is None else ["--workers", str(workers)]
     batching = ["--max-batch-size", str(max_batch_size), "--max-delay-ms", f"{max_delay_ms:g}"]
     ours = [py, "-m", "service", "--host", HOST, "--port", "{port}", "--weights-dir", str(weights.parent.parent),
             "--models", weights.parent.name, "--device", "cpu", "--torch-threads", str(torch_threads),
-            "--workers", str(workers), *batching, "--log-level", "warning"]
+            *flag, *batching, "--log-level", "warning"]
+    front_ends = f"{default_workers()} front-ends (its default)" if workers is None else f"{workers} front-ends"
+    n = 1 if workers is None else workers
     return [
-        ServerSpec("ours", ours, "/v2/health/ready", has_metrics=True),
-        ServerSpec("naive", [py, "-m", "bench.baselines.naive_fastapi", "--host", HOST, *common], "/health"),
-        ServerSpec("litserve", [py, "-m", "bench.baselines.litserve_server", "--host", HOST, *common, *batching],
-                   "/health"),
+        ServerSpec("ours", ours, "/v2/health/ready", has_metrics=True,
+                   processes=f"supervisor, one engine, {front_ends}"),
+        ServerSpec("naive", [py, "-m", "bench.baselines.naive_fastapi", "--host", HOST, *common, *flag], "/health",
+                   processes=f"{n} uvicorn worker(s)" + (" (its default)" if workers is None else "")),
+        ServerSpec("litserve", [py, "-m", "bench.baselines.litserve_server", "--host", HOST, *common, *flag,
+                                *batching], "/health",
+                   processes=f"workers_per_device={n}" + (" (its default)" if workers is None else "")),
     ]
+
+
+def default_workers() -> int:
+    """Our SERVE_WORKERS default (the servers start without SERVE_* in their environment)."""
+    from service.settings import Settings
+
+    return int(Settings.model_fields["workers"].default)
 
 
 def free_port() -> int:
@@ -66,6 +85,14 @@ def http(url: str, body: bytes | None = None, timeout: float = 10.0) -> tuple[in
         return exc.code, exc.read()
 
 
+def client(base_url: str, timeout_s: float, keepalive: bool = True) -> httpx.Client:
+    """One connection at a time (kept alive or not), with TCP_NODELAY as curl, Go and browsers set it (httpx does
+    not, and writes a POST's body apart from its headers), so the client's own Nagle delay is not measured."""
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1 if keepalive else 0)
+    transport = httpx.HTTPTransport(limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+    return httpx.Client(base_url=base_url, timeout=timeout_s, transport=transport)
+
+
 def predict(base_url: str, png: bytes) -> dict[str, Any]:
     status, body = http(base_url + PREDICT_PATH, png)
     if status != 200:
@@ -74,9 +101,15 @@ def predict(base_url: str, png: bytes) -> dict[str, Any]:
     return result
 
 
+@dataclass(frozen=True)
+class Server:
+    base_url: str
+    pid: int  # the started process, leader of its process group
+
+
 @contextmanager
-def running(spec: ServerSpec, log_path: Path, startup_timeout_s: float) -> Iterator[str]:
-    """Start ``spec`` in its own process group, yield its base URL once ready; kill the whole group after."""
+def started(spec: ServerSpec, log_path: Path, startup_timeout_s: float) -> Iterator[Server]:
+    """Start ``spec`` in its own process group, yield it once ready; kill the whole group after."""
     port = free_port()
     # no SERVE_* from the caller (make exports some): the flags in argv are the exact settings
     env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_")} | {"PYTHONUNBUFFERED": "1"}
@@ -86,22 +119,33 @@ def running(spec: ServerSpec, log_path: Path, startup_timeout_s: float) -> Itera
     try:
         base_url = f"http://{HOST}:{port}"
         _wait_ready(proc, base_url + spec.ready_path, startup_timeout_s, log_path)
-        yield base_url
+        yield Server(base_url, proc.pid)
     finally:
         _stop(proc)
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], url: str, timeout_s: float, log_path: Path) -> None:
-    deadline = time.monotonic() + timeout_s
+@contextmanager
+def running(spec: ServerSpec, log_path: Path, startup_timeout_s: float) -> Iterator[str]:
+    """As ``started``, yielding only the base URL."""
+    with started(spec, log_path, startup_timeout_s) as server:
+        yield server.base_url
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], url: str, timeout_s: float, log_path: Path,
+                in_a_row: int = 5) -> None:
+    """Until ``in_a_row`` probes in a row, each on a new connection, answer 200: each of our front-ends answers
+    for itself, and one may still be connecting to the engine when another is ready."""
+    deadline, ready = time.monotonic() + timeout_s, 0
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} before ready; log:\n{_tail(log_path)}")
         try:
-            if http(url, timeout=2.0)[0] == 200:
-                return
+            ready = ready + 1 if http(url, timeout=2.0)[0] == 200 else 0
         except OSError:
-            pass
-        time.sleep(0.2)
+            ready = 0
+        if ready >= in_a_row:
+            return
+        time.sleep(0.2 if ready == 0 else 0.05)
     raise RuntimeError(f"server not ready at {url} after {timeout_s:g} s; log:\n{_tail(log_path)}")
 
 

@@ -38,6 +38,8 @@ class Metrics:
                                          ["frontend"], registry=r)
         self.batch_size = Histogram("serve_batch_size", "inputs per forward", ["model", "version"],
                                     buckets=BATCH_BUCKETS, registry=r)
+        self.mixed_batches = Counter("serve_mixed_batches", "batches holding inputs from more than one front-end",
+                                     ["model", "version"], registry=r)
         self.inference_seconds = Histogram("serve_inference_duration_seconds", "time of one batched forward",
                                            ["model", "version"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("serve_queue_depth", "inputs waiting to be batched", ["model", "version"],
@@ -71,13 +73,16 @@ class BatchMetrics:
     def __init__(self, metrics: Metrics, model: str, version: str) -> None:
         self._batch_size = metrics.batch_size.labels(model, version)
         self._seconds = metrics.inference_seconds.labels(model, version)
+        self._mixed = metrics.mixed_batches.labels(model, version)
         self._depth = metrics.queue_depth.labels(model, version)
         self._dropped = metrics.dropped
         self._labels = (model, version)
 
-    def batch_done(self, size: int, seconds: float) -> None:
+    def batch_done(self, size: int, seconds: float, sources: int = 1) -> None:
         self._batch_size.observe(size)
         self._seconds.observe(seconds)
+        if sources > 1:
+            self._mixed.inc()
 
     def queue_depth(self, depth: int) -> None:
         self._depth.set(depth)

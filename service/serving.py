@@ -34,9 +34,16 @@ class ServingConfig:
     timeout_s: float
 
     @property
+    def capacity(self) -> int:
+        """Inputs the model takes at once: ``max_queue`` waiting beyond the batch it is running. The front-ends
+        admit up to this many (their shares add up to it); the engine's schedulers hold the same bound, which
+        admission keeps them from reaching, so no input is refused after it was read and decoded."""
+        return self.max_queue + self.max_batch_size
+
+    @property
     def as_dict(self) -> dict[str, Any]:
         return {"max_batch_size": self.max_batch_size, "max_delay_ms": self.max_delay_s * 1000,
-                "max_queue": self.max_queue, "timeout_ms": self.timeout_s * 1000}
+                "max_queue": self.max_queue, "capacity": self.capacity, "timeout_ms": self.timeout_s * 1000}
 
 
 def serving_config(settings: Settings, name: str, manifest: dict[str, Any]) -> ServingConfig:

@@ -82,6 +82,7 @@ class Status(msgspec.Struct, tag="status", array_like=True):
     started_at: float
     loading_done: bool
     models: dict[str, ModelStatus]  # "name/version" -> status
+    frontends: int = 0  # front-ends that asked for the status within the last second (connected, alive)
 
 
 ToEngine = Submit | Cancel | StatusQuery

@@ -45,13 +45,13 @@ class BatchConfig:
 
 
 class BatchObserver(Protocol):
-    def batch_done(self, size: int, seconds: float) -> None: ...
+    def batch_done(self, size: int, seconds: float, sources: int = 1) -> None: ...
     def queue_depth(self, depth: int) -> None: ...
     def dropped(self, reason: str, count: int) -> None: ...
 
 
 class _NullObserver:
-    def batch_done(self, size: int, seconds: float) -> None:
+    def batch_done(self, size: int, seconds: float, sources: int = 1) -> None:
         pass
 
     def queue_depth(self, depth: int) -> None:
@@ -90,6 +90,7 @@ class _Item:
     future: asyncio.Future[Any]
     deadline: float
     enqueued: float
+    source: bytes = b""  # the front-end that sent it
 
 
 def is_fatal(exc: BaseException) -> bool:
@@ -128,7 +129,7 @@ class Batcher(Scheduler):
         return Announcement(self, count)
 
     async def submit(self, payloads: Sequence[Any], deadline: float,
-                     announcement: Announcement | None = None) -> list[Any]:
+                     announcement: Announcement | None = None, source: bytes = b"") -> list[Any]:
         """Queue the payloads; return their results in order. ``deadline`` is ``time.monotonic()`` based.
 
         Raises QueueFull at once when they don't fit, DeadlineExceeded when the deadline passes,
@@ -146,7 +147,7 @@ class Batcher(Scheduler):
         if deadline <= now:
             raise DeadlineExceeded()
         loop = asyncio.get_running_loop()
-        items = [_Item(payload, loop.create_future(), deadline, now) for payload in payloads]
+        items = [_Item(payload, loop.create_future(), deadline, now, source) for payload in payloads]
         self._queue.extend(items)
         if announcement is not None:
             announcement.release()
@@ -284,7 +285,7 @@ class Batcher(Scheduler):
             return
         self._batch_seconds_ema = seconds if not self._batch_seconds_ema else (
             0.8 * self._batch_seconds_ema + 0.2 * seconds)
-        self._observer.batch_done(len(items), seconds)
+        self._observer.batch_done(len(items), seconds, len({item.source for item in items}))
         for item, result in zip(items, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)

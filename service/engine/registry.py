@@ -106,12 +106,12 @@ class Registry:
         observer = self.metrics.observer(served.name, served.version)
         label = f"{served.name}/{served.version}"
         if runtime.scheduler == "generation":
-            return GenerationLoop(label, runtime, self.executor, config.max_batch_size, config.max_queue, observer)
+            return GenerationLoop(label, runtime, self.executor, config.max_batch_size, config.capacity, observer)
         if runtime.scheduler == "denoising":
             # max_batch_size rows per forward; up to two forwards' worth (or one n=64 request) per step
-            return DenoisingLoop(label, runtime, self.executor, max(2 * config.max_batch_size, 64), config.max_queue,
+            return DenoisingLoop(label, runtime, self.executor, max(2 * config.max_batch_size, 64), config.capacity,
                                  observer)
-        batching = BatchConfig(config.max_batch_size, config.max_delay_s, config.max_queue)
+        batching = BatchConfig(config.max_batch_size, config.max_delay_s, config.capacity)
         return Batcher(label, runtime.forward, batching, self.executor, observer)
 
     async def load_all(self) -> None:

@@ -41,6 +41,7 @@ from service.transport import (
 )
 
 log = logging.getLogger("service.engine")
+FRONTEND_SILENT_AFTER_S = 1.0  # a front-end asks every 0.2 s; one silent this long is gone
 
 
 class EngineServer:
@@ -50,6 +51,7 @@ class EngineServer:
         self.started_at = time.time()
         self._running: dict[tuple[bytes, int], asyncio.Task[None]] = {}
         self._codecs: dict[tuple[str, int], PayloadCodec] = {}
+        self._heard_from: dict[bytes, float] = {}  # front-end -> when it last asked for the status
 
     async def serve(self) -> None:
         while True:
@@ -60,6 +62,7 @@ class EngineServer:
                 log.error("a front-end sent an unreadable message: %s", exc)
                 continue
             if isinstance(message, StatusQuery):
+                self._heard_from[identity.bytes] = time.monotonic()
                 await self._send(identity.bytes, self.status(message.id))
             elif isinstance(message, Cancel):
                 task = self._running.pop((identity.bytes, message.id), None)
@@ -74,7 +77,9 @@ class EngineServer:
         models = {f"{served.name}/{served.version}": ModelStatus(
             served.ready, served.status, served.device, served.dtype, served.loaded_at,
             served.scheduler.depth if served.scheduler is not None else 0) for served in self.registry.all()}
-        return Status(request_id, os.getpid(), self.started_at, self.registry.loading_done, models)
+        now = time.monotonic()
+        frontends = sum(1 for heard in self._heard_from.values() if now - heard < FRONTEND_SILENT_AFTER_S)
+        return Status(request_id, os.getpid(), self.started_at, self.registry.loading_done, models, frontends)
 
     async def _send(self, identity: bytes, message: FromEngine) -> None:
         await self.socket.send_multipart([identity, encode(message)])
@@ -99,7 +104,7 @@ class EngineServer:
             if isinstance(scheduler, DenoisingLoop):
                 results: list[Any] = [await scheduler.submit(payloads[0], submit.deadline)]
             else:
-                results = await scheduler.submit(payloads, submit.deadline)
+                results = await scheduler.submit(payloads, submit.deadline, source=identity)
             reply: FromEngine = Result(submit.id, PayloadCodec.encode(results))
         except asyncio.CancelledError:
             raise  # the client went away: nobody waits for an answer

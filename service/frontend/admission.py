@@ -1,9 +1,12 @@
 """Admission before work (as TEI grants a queue permit before it tokenizes): a request takes its inputs'
 places in its model's queue before its body is decoded, and a full model is refused at once.
 
-Each front-end counts the inputs it has admitted and not yet answered, per model version, against the
-model's ``max_queue``. The check costs a comparison, so a refusal is as cheap as a health probe; the
-engine's own bounded queue stays the hard limit behind it.
+Each front-end counts the inputs it has admitted and not yet answered, per model version, against its
+share of the model's capacity (``max_queue`` waiting beyond the running batch; the shares of all
+front-ends add up to it exactly). The check costs
+a comparison, so a refusal is as cheap as a health probe, and since a model's inputs waiting in the
+engine are never more than those in flight, the engine's own bounded queue (the hard limit behind it)
+never has to refuse an input that was already read and decoded.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from service.serving import ServingConfig
 
 
 class Admission:
-    def __init__(self, config: ServingConfig) -> None:
-        self.limit = config.max_queue
+    def __init__(self, config: ServingConfig, frontend: int = 0, frontends: int = 1) -> None:
+        self.limit = share(config.capacity, frontend, frontends)
         self.in_flight = 0
 
     def check(self, name: str) -> None:
@@ -29,7 +32,7 @@ class Admission:
         return Permit(self, count)
 
     def _full(self, name: str) -> ServeError:
-        return ServeError(503, f"model {name} is at capacity ({self.limit} inputs queued); retry later",
+        return ServeError(503, f"model {name} is at capacity ({self.limit} inputs in flight here); retry later",
                           "queue_full", headers={"Retry-After": "1"})
 
 
@@ -49,3 +52,9 @@ class Permit:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def share(total: int, index: int, count: int) -> int:
+    """Front-end ``index``'s part of ``total`` places: the parts of ``count`` front-ends add up to ``total``
+    (at least one place each)."""
+    return max(1, total // count + (1 if index < total % count else 0))

@@ -93,8 +93,14 @@ class Catalog:
         except Exception as exc:  # the engine reports the same artifact as failed; this says why here
             log.error("model %s v%d cannot be served: %s", name, version, exc)
             config = serving_config(self.settings, name, {})
-            return ServedModel(name, version, path, {}, config, self.engine, Admission(config), error=str(exc))
-        return ServedModel(name, version, path, manifest, config, self.engine, Admission(config), runtime)
+            return ServedModel(name, version, path, {}, config, self.engine, self._admission(config), error=str(exc))
+        return ServedModel(name, version, path, manifest, config, self.engine, self._admission(config), runtime)
+
+    def _admission(self, config: ServingConfig) -> Admission:
+        """Under the supervisor, the model's queue is shared by SERVE_WORKERS front-ends: this one gets its part."""
+        if self.settings.engine_address is None:
+            return Admission(config)
+        return Admission(config, self.settings.frontend_index, self.settings.workers)
 
     def get(self, name: str, version: int | str | None = None) -> ServedModel:
         versions = self.models.get(name)
@@ -116,9 +122,16 @@ class Catalog:
         return [served for versions in self.models.values() for served in versions.values()]
 
     @property
+    def frontends_expected(self) -> int:
+        return self.settings.workers if self.settings.engine_address is not None else 1
+
+    @property
     def ready(self) -> bool:
+        """The engine is up with every model ready, and every front-end of the server is connected to it: a
+        load balancer that sees 200 here may send to any of them (they share the port)."""
         status = self.engine.status
-        return self.engine.up and status is not None and status.loading_done and all(s.ready for s in self.all())
+        return (self.engine.up and status is not None and status.loading_done and
+                status.frontends >= self.frontends_expected and all(s.ready for s in self.all()))
 
     def batch_config(self, served: ServedModel) -> ServingConfig:
         return served.config

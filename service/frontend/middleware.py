@@ -1,8 +1,11 @@
-"""Pure ASGI middleware: arrival time, body size limit, request metrics (by route template)."""
+"""Pure ASGI middleware: arrival time, body size limit, request metrics (by route template), and the
+refusal of a request for a full or unready model before any routing, body or decoding."""
 
 from __future__ import annotations
 
+import re
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,6 +25,10 @@ class ServeMiddleware:
             await self.app(scope, receive, send)
             return
         scope[ARRIVAL_KEY] = started = time.monotonic()
+        if refusal := fast_refusal(scope):
+            await refusal(scope, receive, send)
+            self._record(scope, refusal.status_code, time.monotonic() - started, FAST_ROUTE)
+            return
         status = {"code": 500}
         limit = self.max_body_bytes
         declared = _content_length(scope)
@@ -55,9 +62,9 @@ class ServeMiddleware:
         await response(scope, receive, send)
         self._record(scope, 413, 0.0)
 
-    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+    def _record(self, scope: Scope, status: int, seconds: float, template: str | None = None) -> None:
         route = scope.get("route")
-        template = getattr(route, "path", None) or "unmatched"
+        template = template or getattr(route, "path", None) or "unmatched"
         model = str(scope.get("path_params", {}).get("name", ""))
         self.metrics.requests.labels(model, template, str(status)).inc()
         self.metrics.frontend_requests.labels(self.metrics.frontend).inc()
@@ -73,3 +80,35 @@ def _content_length(scope: Scope) -> int | None:
                 return None
     return None
 
+
+
+# The inference routes that name their model in the path: native, KServe V1, V2, generate, samples.
+INFERENCE_PATH = re.compile(r"^/v[12]/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/]+))?"
+                            r"(?:/predict|:predict|/infer|/generate|/samples)$")
+FAST_ROUTE = "refused before routing"
+
+
+def fast_refusal(scope: Scope) -> Any:
+    """A 503 for an inference request whose model is full or not ready, decided from the path alone: under a
+    flood, refusals cost what a health probe costs, and the event loop stays free for admitted work. Whatever
+    this cannot decide (unknown model, bad version, missing API key) goes on to the routes, which answer it."""
+    match = INFERENCE_PATH.match(scope["path"])
+    if match is None or scope["method"] != ("GET" if scope["path"].endswith("/samples") else "POST"):
+        return None
+    state: Any = getattr(scope.get("app"), "state", None)
+    catalog, settings = getattr(state, "catalog", None), getattr(state, "settings", None)
+    if catalog is None or settings is None or settings.api_keys:  # keys: the routes check them first
+        return None
+    versions = catalog.models.get(match["name"])
+    version = match["version"]
+    if not versions or (version is not None and (not version.isdigit() or int(version) not in versions)):
+        return None
+    served = versions[int(version) if version is not None else max(versions)]
+    scope["path_params"] = {"name": served.name}
+    if not served.ready:
+        return error_response(503, f"model {served.name} v{served.version} is not ready ({served.status})",
+                              "unavailable", headers={"Retry-After": "1"})
+    if served.admission.in_flight >= served.admission.limit:
+        return error_response(503, f"model {served.name} is at capacity ({served.admission.limit} inputs in "
+                              "flight here); retry later", "queue_full", headers={"Retry-After": "1"})
+    return None

@@ -122,7 +122,7 @@ def engine_errors(served: ServedModel, timeout_s: float) -> Iterator[None]:
     try:
         yield
     except QueueFull as exc:
-        raise ServeError(503, f"model {served.name} is at capacity ({served.config.max_queue} inputs queued); "
+        raise ServeError(503, f"model {served.name} is at capacity ({served.config.capacity} inputs at once); "
                          "retry later", "queue_full", headers={"Retry-After": str(exc.retry_after_s)}) from None
     except DeadlineExceeded:
         raise ServeError(504, f"the request's deadline of {timeout_s * 1000:.0f} ms passed before its "

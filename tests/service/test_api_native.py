@@ -209,8 +209,8 @@ def test_deadline_passed_is_504(make_client, digit_png: bytes) -> None:  # type:
 
 
 def test_full_queue_is_503_with_retry_after(make_client, digit_png: bytes) -> None:  # type: ignore[no-untyped-def]
-    client = make_client(max_queue=1)
-    files = [("file", (f"{i}.png", digit_png, "image/png")) for i in range(2)]
+    client = make_client(max_queue=1, max_batch_size=1)  # two inputs at once: one waiting, one running
+    files = [("file", (f"{i}.png", digit_png, "image/png")) for i in range(3)]
     response = client.post("/v1/models/tiny-cnn/predict", files=files)
     assert assert_error(response, 503)["type"] == "queue_full"
     assert int(response.headers["retry-after"]) >= 1

@@ -52,7 +52,7 @@ class Observer:
         self.dropped_counts: dict[str, int] = {}
         self.sizes: list[int] = []
 
-    def batch_done(self, size: int, seconds: float) -> None:
+    def batch_done(self, size: int, seconds: float, sources: int = 1) -> None:
         self.sizes.append(size)
 
     def queue_depth(self, depth: int) -> None:

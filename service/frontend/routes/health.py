@@ -24,6 +24,9 @@ async def ready(catalog: CatalogDep) -> JSONResponse:
         error = "not ready: the engine is starting or restarting"
     elif waiting:
         error = "not ready: " + ", ".join(f"{k} {v}" for k, v in waiting.items())
+    elif catalog.engine.status is not None and catalog.engine.status.frontends < catalog.frontends_expected:
+        error = (f"not ready: {catalog.engine.status.frontends} of {catalog.frontends_expected} front-ends are "
+                 "connected to the engine")
     else:
         error = "not ready: loading"
     return JSONResponse({"ready": False, "error": error, "type": "unavailable", "models": waiting},
