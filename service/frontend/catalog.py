@@ -4,7 +4,7 @@ half of its runtime, its serving settings, its admission counter, and what the e
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from service.frontend.admission import Admission
 from service.frontend.engine_client import EngineClient
 from service.serving import ServingConfig, build_runtime, discover, serving_config
 from service.settings import Settings
+from service.transport import PayloadCodec
 
 log = logging.getLogger("service.frontend.catalog")
 
@@ -32,7 +33,6 @@ class ServedModel:
     runtime: Any = None  # the front-end half: decode, validate, encode
     payload_codec: Any = None  # results of the engine, decoded with the runtime's result type
     error: str | None = None  # the manifest could not be read here
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def task(self) -> str:
@@ -74,8 +74,6 @@ class ServedModel:
 
 class Catalog:
     def __init__(self, settings: Settings, engine: EngineClient) -> None:
-        from service.transport import PayloadCodec
-
         self.settings = settings
         self.engine = engine
         self.models: dict[str, dict[int, ServedModel]] = {}

@@ -16,7 +16,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from service.errors import ServeError
-from service.frontend.admission import Permit
 from service.frontend.catalog import ServedModel
 from service.outcomes import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull
 from service.transport import PayloadCodec
@@ -101,13 +100,12 @@ async def decode_and_infer(request: Request, served: ServedModel, decode: Callab
     """Take the inputs' places in the model's queue, decode and validate them, run them on the engine."""
     require_ready(served)
     units = sum(served.runtime.units(raw) for raw in raw_inputs)
-    with served.admission.take(served.name, units) as permit:
+    with served.admission.take(served.name, units):
         payloads = await decode_all(decode, raw_inputs)
-        return await infer(request, served, payloads, timeout_s, permit)
+        return await infer(request, served, payloads, timeout_s)
 
 
-async def infer(request: Request, served: ServedModel, payloads: list[Any], timeout_s: float,
-                permit: Permit) -> list[Any]:
+async def infer(request: Request, served: ServedModel, payloads: list[Any], timeout_s: float) -> list[Any]:
     """Run decoded payloads on the engine (admitted by the caller); their results in order."""
     deadline = arrival_time(request) + timeout_s
     with engine_errors(served, timeout_s):

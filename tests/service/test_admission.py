@@ -1,0 +1,75 @@
+"""Admission before work: a full model refuses before reading or decoding a body, a request takes its
+inputs' places before they are decoded, and decoding cost is judged by what an input decodes to."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.frontend.admission import Admission, share
+from service.frontend.predict import INLINE_DECODE_UNITS, decoded_size
+from service.serving import ServingConfig
+
+
+def fill(client: TestClient, name: str) -> Admission:
+    served = client.app.state.catalog.get(name)  # type: ignore[attr-defined]
+    served.admission.in_flight = served.admission.limit
+    return served.admission
+
+
+def test_a_full_model_refuses_without_decoding_anything(client: TestClient) -> None:
+    admission = fill(client, "tiny-cnn")
+    garbage = b"\x89PNG but not an image at all" * 10
+    for path, body in [("/v1/models/tiny-cnn/predict", garbage), ("/v1/models/tiny-cnn:predict", garbage),
+                       ("/v2/models/tiny-cnn/infer", garbage)]:
+        response = client.post(path, content=body, headers={"content-type": "image/png"})
+        assert response.status_code == 503, (path, response.text)  # not the 400 that decoding would give
+        assert response.json()["type"] == "queue_full" and response.headers["retry-after"] == "1"
+    assert client.get("/v2/health/ready").status_code == 200  # full is not unready
+    admission.in_flight = 0
+    assert client.post("/v1/models/tiny-cnn/predict", content=garbage,
+                       headers={"content-type": "image/png"}).status_code == 400
+
+
+def test_a_request_takes_its_inputs_places_or_none(client: TestClient, digit_png: bytes) -> None:
+    admission = fill(client, "tiny-cnn")
+    admission.in_flight -= 2  # room for two inputs
+    files = [("file", (f"{i}.png", digit_png, "image/png")) for i in range(3)]
+    assert client.post("/v1/models/tiny-cnn/predict", files=files).status_code == 503
+    assert admission.in_flight == admission.limit - 2  # the refused request took nothing
+    assert client.post("/v1/models/tiny-cnn/predict", files=files[:2]).status_code == 200
+    assert admission.in_flight == admission.limit - 2  # and the places are given back after the answer
+
+
+def test_a_full_generator_and_language_model_refuse_too(client: TestClient) -> None:
+    fill(client, "tiny-gpt")
+    assert client.post("/v1/models/tiny-gpt/generate", json={"prompt": "a", "max_tokens": 2}).status_code == 503
+    fill(client, "tiny-cgan")
+    assert client.get("/v1/models/tiny-cgan/samples?n=1&seed=0").status_code == 503
+
+
+def test_the_shares_of_the_front_ends_add_up_to_the_capacity() -> None:
+    config = ServingConfig(max_batch_size=32, max_delay_s=0.002, max_queue=8, timeout_s=10)
+    assert config.capacity == 40
+    for frontends in (1, 2, 3, 7):
+        assert sum(share(config.capacity, i, frontends) for i in range(frontends)) == 40
+    assert [Admission(config, i, 2).limit for i in range(2)] == [20, 20]
+
+
+def png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def test_decoding_cost_is_judged_by_pixels_not_bytes() -> None:
+    small_file_large_image = png(4000, 4000)  # a few KB that decode to 16 megapixels
+    assert len(small_file_large_image) < 64 * 1024
+    assert decoded_size(small_file_large_image) == 16_000_000 > INLINE_DECODE_UNITS  # goes to a thread
+    assert decoded_size(png(28, 28)) == 784  # decodes inline
+    assert decoded_size("a sentence") == 10
+    assert decoded_size(np.zeros((1, 28, 28), np.float32)) == 784
+    assert decoded_size(b"not an image") == len(b"not an image")
