@@ -67,6 +67,7 @@ class Supervisor:
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="serve-"))
         env = {**os.environ, **{f"SERVE_{name.upper()}": str(value) for name, value in overrides.items()}}
         env["SERVE_ENGINE_ADDRESS"] = f"ipc://{self.runtime_dir / 'engine-0.sock'}"
+        env["SERVE_WORKERS"] = str(settings.workers)  # resolved here once: every child counts the same front-ends
         env.pop("SERVE_IN_PROCESS", None)
         if "PROMETHEUS_MULTIPROC_DIR" not in env:
             env["PROMETHEUS_MULTIPROC_DIR"] = str(self.runtime_dir / "metrics")

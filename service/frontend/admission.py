@@ -11,14 +11,17 @@ never has to refuse an input that was already read and decoded.
 
 from __future__ import annotations
 
+import orjson
+
 from service.errors import ServeError
 from service.serving import ServingConfig
 
 
 class Admission:
-    def __init__(self, config: ServingConfig, frontend: int = 0, frontends: int = 1) -> None:
+    def __init__(self, config: ServingConfig, frontend: int = 0, frontends: int = 1, name: str = "") -> None:
         self.limit = share(config.capacity, frontend, frontends)
         self.in_flight = 0
+        self.refusal = orjson.dumps({"error": self._message(name), "type": "queue_full"})
 
     def check(self, name: str) -> None:
         """Refuse before reading the body when not even one input fits."""
@@ -32,8 +35,10 @@ class Admission:
         return Permit(self, count)
 
     def _full(self, name: str) -> ServeError:
-        return ServeError(503, f"model {name} is at capacity ({self.limit} inputs in flight here); retry later",
-                          "queue_full", headers={"Retry-After": "1"})
+        return ServeError(503, self._message(name), "queue_full", headers={"Retry-After": "1"})
+
+    def _message(self, name: str) -> str:
+        return f"model {name} is at capacity ({self.limit} inputs in flight here); retry later"
 
 
 class Permit:

@@ -91,14 +91,15 @@ class Catalog:
         except Exception as exc:  # the engine reports the same artifact as failed; this says why here
             log.error("model %s v%d cannot be served: %s", name, version, exc)
             config = serving_config(self.settings, name, {})
-            return ServedModel(name, version, path, {}, config, self.engine, self._admission(config), error=str(exc))
-        return ServedModel(name, version, path, manifest, config, self.engine, self._admission(config), runtime)
+            return ServedModel(name, version, path, {}, config, self.engine, self._admission(name, config),
+                               error=str(exc))
+        return ServedModel(name, version, path, manifest, config, self.engine, self._admission(name, config), runtime)
 
-    def _admission(self, config: ServingConfig) -> Admission:
+    def _admission(self, name: str, config: ServingConfig) -> Admission:
         """Under the supervisor, the model's queue is shared by SERVE_WORKERS front-ends: this one gets its part."""
         if self.settings.engine_address is None:
-            return Admission(config)
-        return Admission(config, self.settings.frontend_index, self.settings.workers)
+            return Admission(config, name=name)
+        return Admission(config, self.settings.frontend_index, self.settings.workers, name)
 
     def get(self, name: str, version: int | str | None = None) -> ServedModel:
         versions = self.models.get(name)

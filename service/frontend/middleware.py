@@ -7,6 +7,7 @@ import re
 import time
 from typing import Any
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import ServeError, error_response
@@ -26,8 +27,9 @@ class ServeMiddleware:
             return
         scope[ARRIVAL_KEY] = started = time.monotonic()
         if refusal := fast_refusal(scope):
-            await refusal(scope, receive, send)
-            self._record(scope, refusal.status_code, time.monotonic() - started, FAST_ROUTE)
+            await send({"type": "http.response.start", "status": 503, "headers": REFUSAL_HEADERS})
+            await send({"type": "http.response.body", "body": refusal})
+            self._record(scope, 503, time.monotonic() - started, FAST_ROUTE)
             return
         status = {"code": 500}
         limit = self.max_body_bytes
@@ -88,7 +90,10 @@ INFERENCE_PATH = re.compile(r"^/v[12]/models/(?P<name>[^/:]+)(?:/versions/(?P<ve
 FAST_ROUTE = "refused before routing"
 
 
-def fast_refusal(scope: Scope) -> Any:
+REFUSAL_HEADERS = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
+
+
+def fast_refusal(scope: Scope) -> bytes | None:
     """A 503 for an inference request whose model is full or not ready, decided from the path alone: under a
     flood, refusals cost what a health probe costs, and the event loop stays free for admitted work. Whatever
     this cannot decide (unknown model, bad version, missing API key) goes on to the routes, which answer it."""
@@ -106,9 +111,8 @@ def fast_refusal(scope: Scope) -> Any:
     served = versions[int(version) if version is not None else max(versions)]
     scope["path_params"] = {"name": served.name}
     if not served.ready:
-        return error_response(503, f"model {served.name} v{served.version} is not ready ({served.status})",
-                              "unavailable", headers={"Retry-After": "1"})
+        return orjson.dumps({"error": f"model {served.name} v{served.version} is not ready ({served.status})",
+                             "type": "unavailable"})
     if served.admission.in_flight >= served.admission.limit:
-        return error_response(503, f"model {served.name} is at capacity ({served.admission.limit} inputs in "
-                              "flight here); retry later", "queue_full", headers={"Retry-After": "1"})
+        return served.admission.refusal  # the same bytes every time: nothing to render under a flood
     return None

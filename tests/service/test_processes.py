@@ -183,3 +183,58 @@ def test_a_child_that_keeps_dying_is_restarted_ever_later() -> None:
         assert child.reap() == 3
         delays.append(child.restart_at - time.monotonic())
     assert delays[0] < 0.3 and all(later > 1.8 * earlier for earlier, later in itertools.pairwise(delays))
+
+
+def test_every_route_answers_across_the_boundary_as_in_process(weights_dir: Path, digit_png: bytes) -> None:
+    """The same requests to the real processes and to the in-process engine give the same answers."""
+    import base64
+    import json
+
+    import numpy as np
+    import openai
+    import tritonclient.http as triton
+    from fastapi.testclient import TestClient
+
+    from service.frontend.main import create_app
+    from service.settings import Settings
+    from tests.conftest import wait_ready
+
+    image_b64 = base64.b64encode(digit_png).decode()
+    requests: list[tuple[str, str, dict[str, object]]] = [
+        ("post", "/v1/models/tiny-cnn/predict", {"content": digit_png, "headers": {"content-type": "image/png"}}),
+        ("post", "/v1/models/tiny-cnn:predict", {"json": {"instances": [{"b64": image_b64}]}}),
+        ("post", "/v1/models/tiny-lstm/predict", {"json": {"inputs": ["not bad at all", "a waste of time"]}}),
+        ("post", "/v1/models/tiny-forecaster/predict", {"json": {"inputs": [list(np.arange(30.0))],
+                                                                  "parameters": {"horizon": 5}}}),
+        ("post", "/v1/models/tiny-autoencoder/predict?reconstruction=true", {
+            "content": digit_png, "headers": {"content-type": "image/png"}}),
+        ("post", "/v1/models/tiny-gpt/generate", {"json": {"prompt": "ab", "max_tokens": 8, "seed": 2}}),
+        ("get", "/v1/models/tiny-cgan/samples?n=3&seed=5&format=json", {}),
+        ("get", "/v1/models/tiny-ddpm/samples?n=2&seed=5&steps=3&format=json", {}),
+        ("post", "/v1/embeddings", {"json": {"model": "tiny-embedder", "input": ["a gripping film"]}}),
+    ]
+    with TestClient(create_app(Settings(weights_dir=weights_dir, device="cpu", torch_threads=1))) as local:
+        wait_ready(local)
+        expected = [getattr(local, method)(path, **kwargs) for method, path, kwargs in requests]
+    server = Server(weights_dir, "--workers", "2")
+    try:
+        server.wait_ready()
+        for (method, path, kwargs), want in zip(requests, expected, strict=True):
+            got = getattr(httpx, method)(f"{server.base}{path}", timeout=30, **kwargs)
+            assert got.status_code == want.status_code == 200, (path, got.text)
+            assert got.json() == want.json(), path  # the same bits: one input alone, the same torch threads
+        stream = httpx.post(f"{server.base}/v1/models/tiny-gpt/generate", timeout=30,
+                            json={"prompt": "ab", "max_tokens": 8, "seed": 2, "stream": True}).text
+        pieces = [json.loads(line[6:]) for line in stream.splitlines() if line.startswith("data: {")]
+        assert "".join(p.get("text", "") for p in pieces) == expected[5].json()["text"]
+        assert stream.rstrip().endswith("data: [DONE]")
+        client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0)
+        chunks = list(client.completions.create(model="tiny-gpt", prompt="ab", max_tokens=6, seed=1, stream=True))
+        assert sum(len(chunk.choices[0].text) for chunk in chunks if chunk.choices) == 6
+        triton_client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+        pixels = triton.InferInput("pixels", [1, 1, 28, 28], "FP32")
+        pixels.set_data_from_numpy(np.zeros((1, 1, 28, 28), np.float32))
+        answer = triton_client.infer("tiny-cnn", [pixels])
+        assert answer.as_numpy("probabilities").shape == (1, 10) and answer.as_numpy("label").shape == (1,)
+    finally:
+        server.stop()
