@@ -63,10 +63,10 @@ def specs(weights: Path, torch_threads: int, max_batch_size: int, max_delay_ms: 
 
 
 def default_workers() -> int:
-    """Our SERVE_WORKERS default (the servers start without SERVE_* in their environment)."""
-    from service.settings import Settings
+    """Our SERVE_WORKERS default on this machine (the servers start without SERVE_* in their environment)."""
+    from service.settings import REPO_ROOT, Settings
 
-    return int(Settings.model_fields["workers"].default)
+    return Settings(weights_dir=REPO_ROOT / "weights").workers
 
 
 def free_port() -> int:
