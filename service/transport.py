@@ -6,9 +6,11 @@ tagged msgspec struct. What a runtime sends (decoded inputs) and gets back (resu
 it as MessagePack of the runtime's own payload and result types, with numpy arrays as one extension
 type (dtype, shape, raw bytes): no pickle anywhere, and a 28x28 image costs one 3 KB copy.
 
-Why this pair: msgspec encodes and decodes typed structs faster than any other Python library we
-measured (about 2 us for a request envelope), and ZeroMQ gives framing, reconnection after an engine
-restart, and a monitor that reports a dead peer the moment its socket closes.
+Why this pair (``python -m bench.transport``, this 2-core machine): a request of one 28x28 image encodes
+and decodes in 4 us (orjson with base64 arrays: 14 us), one of 32 images in 105 us (414 us); a round
+trip over ``ipc://`` to another process takes 111 us at the median (32 images: 248 us). ZeroMQ also gives
+framing, reconnection after an engine restart, and a monitor that reports a dead peer the moment its
+socket closes.
 """
 
 from __future__ import annotations
