@@ -47,7 +47,7 @@ class Metrics:
         self.dropped = Counter("serve_dropped_inputs", "inputs dropped before their forward",
                                ["model", "version", "reason"], registry=r)
         self.loaded = Gauge("serve_model_loaded", "1 when the model version is loaded, warmed and alive (in "
-                            "every worker)", ["model", "version"], registry=r, multiprocess_mode="livemin")
+                            "the engine)", ["model", "version"], registry=r, multiprocess_mode="livemin")
 
     def exposition(self) -> bytes:
         """The text format: this process's registry, or the sum over every process of the server (front-ends
@@ -59,7 +59,7 @@ class Metrics:
         return generate_latest(combined)
 
     def process_exit(self) -> None:
-        """Forget this process's live gauges (a worker that stopped is no longer loaded or queueing)."""
+        """Forget this process's live gauges (a process that stopped is no longer loaded or queueing)."""
         if self.multiprocess_dir is not None:
             multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)
 

@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     workers: int = Field(default=0, ge=0, le=64, description="HTTP front-end processes sharing the port; they all "
                          "feed the one engine process, which holds every model once; 0 = half the cores, at "
-                         "least two")
+                         "least 2, at most 8")
     in_process: bool = Field(default=False, description="run the engine inside the one HTTP process (development)")
     engine_address: str | None = Field(default=None, description="internal: the engine's ZeroMQ address, set by "
                                        "python -m service for its front-ends; unset = start an engine in-process")
@@ -103,8 +103,8 @@ class Settings(BaseSettings):
         Measured on 2 cores (mnist-cnn, wrk): at 64 connections one front-end served 1593 req/s, two 1495,
         three 1457; but under a flood of 200 connections on a full queue, one front-end let 460 predictions/s
         through and two 640: one event loop answering every refusal starves the admitted requests."""
-        if self.workers == 0:
-            self.workers = max(2, (os.cpu_count() or 2) // 2)
+        if self.workers == 0:  # the cores this process may use (a container's cpuset), at most 8 front-ends
+            self.workers = max(2, min(8, len(os.sched_getaffinity(0)) // 2))
         return self
 
     def resolved_torch_threads(self) -> int:

@@ -233,7 +233,7 @@ class Batcher(Scheduler):
             try:
                 forward = loop.run_in_executor(self._executor, self._timed_forward, live)
             except RuntimeError as exc:  # the executor was shut down: nothing can run any more
-                self._die(f"inference worker is gone: {exc}", live)
+                self._die(f"inference thread is gone: {exc}", live)
                 return
             self._running = forward
             forward.add_done_callback(functools.partial(self._deliver, items=live))
@@ -251,7 +251,7 @@ class Batcher(Scheduler):
             self._observer.dropped("cancelled", cancelled)
 
     def _timed_forward(self, items: list[_Item]) -> tuple[list[_Item], Sequence[Any], float]:
-        """Runs in the worker. The device may have been busy with another model's forward since the
+        """Runs in the inference thread. The device may have been busy with another model's forward since the
         batch was handed over, so clients that left meanwhile are skipped here, at the last moment."""
         now = time.monotonic()
         live = [item for item in items if not item.future.done() and item.deadline > now]
@@ -270,8 +270,8 @@ class Batcher(Scheduler):
         exc = forward.exception() if not forward.cancelled() else asyncio.CancelledError()
         if exc is not None:
             if is_fatal(exc):
-                log.error("model %s: inference worker died: %r", self.name, exc)
-                self._die(f"inference worker died: {exc}", items)
+                log.error("model %s: inference thread died: %r", self.name, exc)
+                self._die(f"inference thread died: {exc}", items)
                 return
             log.warning("model %s: forward of a batch of %d failed: %r", self.name, len(items), exc)
             for item in items:

@@ -5,7 +5,7 @@ between two denoising steps, advances one DDIM update per step together with eve
 request (each at its own timestep), and leaves as soon as its own schedule ends. Between steps, a
 request whose deadline has passed is dropped with ``DeadlineExceeded`` and one whose client went away
 is dropped silently, so neither holds the device for the rest of its steps. All torch work runs in
-the device's inference worker, one call per step.
+the device's inference thread, one call per step.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ class _Job:
     request: SampleRequest
     future: asyncio.Future[Samples]
     deadline: float  # time.monotonic()
-    schedule: list[int] = field(default_factory=list)  # filled in the worker when the job joins
+    schedule: list[int] = field(default_factory=list)  # filled in the inference thread when the job joins
     position: int = 0  # how many of its updates are done
-    x: torch.Tensor | None = None  # [n, 1, 28, 28]: touched only by the worker thread
+    x: torch.Tensor | None = None  # [n, 1, 28, 28]: touched only by the inference thread
 
 
 class DenoisingLoop(Scheduler):
@@ -87,8 +87,8 @@ class DenoisingLoop(Scheduler):
                 finished = await loop.run_in_executor(self._executor, self._step, jobs)
             except Exception as exc:
                 if is_fatal(exc):
-                    log.error("model %s: inference worker died: %r", self.name, exc)
-                    self._die(f"inference worker died: {exc}")
+                    log.error("model %s: inference thread died: %r", self.name, exc)
+                    self._die(f"inference thread died: {exc}")
                     return
                 log.warning("model %s: a denoising step of %d rows failed: %r", self.name, rows, exc)
                 self._fail(jobs, exc)

@@ -3,7 +3,7 @@
 Generations wait in a bounded queue, join the running batch after their own prefill, advance one
 token per step together with every other running generation, and leave between steps when they
 hit ``max_tokens``, a stop string, or their consumer goes away. All torch work (prefill, step,
-sampling) runs in the device's inference worker, one call per step.
+sampling) runs in the device's inference thread, one call per step.
 """
 
 from __future__ import annotations

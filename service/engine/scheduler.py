@@ -14,7 +14,7 @@ log = logging.getLogger("service.engine.scheduler")
 
 
 class Scheduler:
-    kind = "worker"
+    kind = "scheduler"
 
     def __init__(self, name: str) -> None:
         self.name = name

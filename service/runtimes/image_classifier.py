@@ -35,7 +35,7 @@ class ImageRuntime(Runtime):
         self.inputs = [TensorSpec("pixels", "FP32", [-1, *self.shape])]
         self.outputs: list[TensorSpec] = []
 
-    # -- decode (worker thread, before queueing) ---------------------------------------------
+    # -- decode (front-end, before queueing) ---------------------------------------------
     def decode_image(self, data: bytes, index: int, invert: bool | None) -> np.ndarray:
         return decode_image(data, index, (self.shape[2], self.shape[1]), self.limits.max_image_pixels, invert)
 

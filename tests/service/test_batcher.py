@@ -258,7 +258,7 @@ def test_a_dead_worker_fails_waiting_requests_and_turns_the_model_not_alive() ->
         model = RecordingModel()
         batcher, executor, _ = make(model, max_batch_size=1)
         assert await batcher.submit([1], later()) == [10]
-        executor.shutdown(wait=True)  # the inference worker is gone
+        executor.shutdown(wait=True)  # the inference thread is gone
         started = time.perf_counter()
         with pytest.raises(ModelUnavailable):
             await batcher.submit([2], later())

@@ -83,7 +83,7 @@ def test_a_client_that_leaves_is_dropped_before_the_forward(live_server: LiveSer
 
 def test_a_dead_worker_turns_readiness_off(make_client, digit_png: bytes) -> None:  # type: ignore[no-untyped-def]
     client = make_client()
-    client.app.state.engine.registry.executor.shutdown(wait=True)  # the inference worker is gone
+    client.app.state.engine.registry.executor.shutdown(wait=True)  # the inference thread is gone
     response = client.post("/v1/models/tiny-cnn/predict", content=digit_png, headers={"content-type": "image/png"})
     assert response.status_code == 503 and response.json()["error"]
     ready = client.get("/v2/health/ready")
