@@ -28,6 +28,7 @@ class Metrics:
 
     def __init__(self, frontend: int = 0) -> None:
         self.frontend = str(frontend)
+        self._refusals: dict[str, int] = {}
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self.registry = CollectorRegistry()
         r = self.registry
@@ -48,6 +49,17 @@ class Metrics:
                                ["model", "version", "reason"], registry=r)
         self.loaded = Gauge("serve_model_loaded", "1 when the model version is loaded, warmed and alive (in "
                             "the engine)", ["model", "version"], registry=r, multiprocess_mode="livemin")
+
+    def count_refusal(self, model: str) -> None:
+        """A refusal under a flood: a dict increment now, into the Prometheus counters at the next flush
+        (their multiprocess files cost more per update than the refusal itself)."""
+        self._refusals[model] = self._refusals.get(model, 0) + 1
+
+    def flush_refusals(self, route: str) -> None:
+        refusals, self._refusals = self._refusals, {}
+        for model, count in refusals.items():
+            self.requests.labels(model, route, "503").inc(count)
+            self.frontend_requests.labels(self.frontend).inc(count)
 
     def exposition(self) -> bytes:
         """The text format: this process's registry, or the sum over every process of the server (front-ends

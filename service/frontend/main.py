@@ -8,6 +8,7 @@ process there. Without it, it starts the same engine inside this process on an `
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from service import __version__
 from service.errors import install_error_handlers
 from service.frontend.catalog import Catalog
 from service.frontend.engine_client import EngineClient
-from service.frontend.middleware import ServeMiddleware
+from service.frontend.middleware import FAST_ROUTE, ServeMiddleware
 from service.frontend.routes import docs, generate, health, kserve_v1, native, oip_v2, openai, samples, ui
 from service.frontend.routes import metrics as metrics_routes
 from service.frontend.routes.deps import require_api_key
@@ -54,9 +55,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             client.start()
             stack.push_async_callback(client.close)
             app.state.catalog = Catalog(settings, client)
+            flusher = asyncio.create_task(flush_refusals(metrics), name="flush-refusals")
             try:
                 yield
             finally:
+                flusher.cancel()
+                metrics.flush_refusals(FAST_ROUTE)
                 metrics.process_exit()
 
     app = FastAPI(title="serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -80,6 +84,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai.router, dependencies=guarded)
     app.mount("/static-docs", StaticFiles(directory=docs.ASSETS), name="static-docs")
     return app
+
+
+async def flush_refusals(metrics: Metrics) -> None:
+    while True:
+        await asyncio.sleep(0.5)
+        metrics.flush_refusals(FAST_ROUTE)
 
 
 def app_from_environment() -> FastAPI:

@@ -29,6 +29,9 @@ def test_a_full_model_refuses_without_decoding_anything(client: TestClient) -> N
         assert response.status_code == 503, (path, response.text)  # not the 400 that decoding would give
         assert response.json()["type"] == "queue_full" and response.headers["retry-after"] == "1"
     assert client.get("/v2/health/ready").status_code == 200  # full is not unready
+    counted = [line for line in client.get("/metrics").text.splitlines() if line.startswith(
+        'serve_requests_total{model="tiny-cnn",route="refused before routing",status="503"}')]
+    assert counted and float(counted[0].rsplit(" ", 1)[1]) == 3  # refusals are counted
     admission.in_flight = 0
     assert client.post("/v1/models/tiny-cnn/predict", content=garbage,
                        headers={"content-type": "image/png"}).status_code == 400

@@ -253,7 +253,7 @@ def test_forward_runs_off_the_event_loop() -> None:
     assert run(scenario()) >= 10  # the loop kept running during the 0.3 s forward
 
 
-def test_a_dead_worker_fails_waiting_requests_and_turns_the_model_not_alive() -> None:
+def test_a_dead_inference_thread_fails_waiting_requests_and_turns_the_model_not_alive() -> None:
     async def scenario() -> None:
         model = RecordingModel()
         batcher, executor, _ = make(model, max_batch_size=1)
@@ -266,7 +266,7 @@ def test_a_dead_worker_fails_waiting_requests_and_turns_the_model_not_alive() ->
         await wait_until(lambda: not batcher.alive)
         with pytest.raises(ModelUnavailable):
             await batcher.submit([3], later())
-        assert "worker" in (batcher.dead_reason or "")
+        assert "inference thread" in (batcher.dead_reason or "")
 
     run(scenario())
 
