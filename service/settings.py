@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     engine_address: str | None = Field(default=None, description="internal: the engine's ZeroMQ address, set by "
                                        "python -m service for its front-ends; unset = start an engine in-process")
     frontend_index: int = Field(default=0, ge=0, description="internal: this front-end's number, set by the supervisor")
+    prepare: bool = Field(default=True, description="build prepared forwards at load (traced, frozen, "
+                          "checked against eager); false: eager")
     torch_threads: int = Field(default=0, ge=0, description="the engine's; 0 = half the cores, at most 4")
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     max_delay_ms: float = Field(default=2.0, ge=0, le=10_000)

@@ -76,6 +76,7 @@ class ModelStatus(msgspec.Struct, array_like=True):
     dtype: str
     loaded_at: float
     queue_depth: int
+    forward: str = "eager"  # the prepared forward's kind (and its largest difference from eager)
 
 
 class Status(msgspec.Struct, tag="status", array_like=True):

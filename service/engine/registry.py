@@ -94,6 +94,8 @@ class Registry:
         served.config = serving_config(self.settings, served.name, manifest)
         runtime = build_runtime(manifest, served.path, self.settings)
         runtime.attach(module, self.device, self.dtype)
+        if self.settings.prepare:
+            runtime.prepare_forward(served.config.max_batch_size)
         runtime.warmup(served.config.max_batch_size)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

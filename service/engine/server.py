@@ -76,7 +76,8 @@ class EngineServer:
             self.registry.metrics.loaded.labels(served.name, str(served.version)).set(1 if served.ready else 0)
         models = {f"{served.name}/{served.version}": ModelStatus(
             served.ready, served.status, served.device, served.dtype, served.loaded_at,
-            served.scheduler.depth if served.scheduler is not None else 0) for served in self.registry.all()}
+            served.scheduler.depth if served.scheduler is not None else 0,
+            served.runtime.forward_kind if served.runtime is not None else "eager") for served in self.registry.all()}
         now = time.monotonic()
         frontends = sum(1 for heard in self._heard_from.values() if now - heard < FRONTEND_SILENT_AFTER_S)
         return Status(request_id, os.getpid(), self.started_at, self.registry.loading_done, models, frontends)

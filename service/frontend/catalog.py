@@ -67,6 +67,11 @@ class ServedModel:
         return str(status.dtype) if status else ""
 
     @property
+    def forward(self) -> str | None:
+        status = self.engine_status
+        return str(status.forward) if status else None
+
+    @property
     def loaded_at(self) -> float:
         status = self.engine_status
         return float(status.loaded_at) if status else 0.0

@@ -67,6 +67,7 @@ class Runtime:
         self.module: Any = None
         self.device: Any = None
         self.dtype: Any = None
+        self.forward_kind = "eager"  # what prepare_forward built, for the model's metadata
 
     # -- front-end half ------------------------------------------------------------------------
     def prepare(self, params: Any) -> Any:
@@ -102,6 +103,10 @@ class Runtime:
         """Take the loaded module onto the device (engine only)."""
         self.module = module.to(device=device, dtype=dtype)
         self.device, self.dtype = device, dtype
+
+    def prepare_forward(self, max_batch_size: int) -> None:
+        """Build the fastest correct form of the forward for this device (service/engine/prepare.py); the
+        runtimes that have none serve eager."""
 
     def forward(self, payloads: list[Any]) -> Sequence[Any]:
         raise NotImplementedError(f"{type(self).__name__} runs on a {self.scheduler} loop, not in batches")

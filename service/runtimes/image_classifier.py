@@ -81,14 +81,26 @@ class ImageClassifierRuntime(ImageRuntime):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.prepared: Any = None
         self.outputs = [TensorSpec("probabilities", "FP32", [-1, len(self.labels or [])]),
                         TensorSpec("label", "BYTES", [-1])]
+
+    def attach(self, module: Any, device: torch.device, dtype: torch.dtype) -> None:
+        super().attach(module, device, dtype)
+        self.prepared = self.module  # eager until prepare_forward
+
+    def prepare_forward(self, max_batch_size: int) -> None:
+        from service.engine.prepare import prepare_image_forward
+
+        self.prepared = prepare_image_forward(self.module, self.shape, self.device, self.dtype, max_batch_size,
+                                              str(self.manifest.get("name")))
+        self.forward_kind = self.prepared.description
 
     def forward(self, payloads: list[np.ndarray]) -> Sequence[np.ndarray]:
         import torch
 
         with torch.inference_mode():
-            probabilities = torch.softmax(self.module(self.batch(payloads)).float(), dim=-1)  # [N, C]
+            probabilities = torch.softmax(self.prepared(self.batch(payloads)).float(), dim=-1)  # [N, C]
             return list(probabilities.cpu().numpy())
 
     def encode(self, probabilities: np.ndarray, params: Any) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def model_detail(served: ServedModel, catalog: Catalog) -> dict[str, Any]:
         "max_tokens": getattr(runtime, "max_tokens", None),
         "context": getattr(runtime, "context", None),
         "conditional": manifest.get("conditional"),
-        "device": served.device or None, "dtype": served.dtype or None,
+        "device": served.device or None, "dtype": served.dtype or None, "forward": served.forward,
         "batching": served.config.as_dict,
         "metrics": manifest.get("metrics", {}), "dataset": manifest.get("dataset"),
         "trained": manifest.get("trained"), "sha256": manifest.get("sha256"),
