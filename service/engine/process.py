@@ -40,7 +40,8 @@ class InProcessEngine:
         self.server = EngineServer(self.registry, self.socket)
         # Serve at once (status queries answer "loading"); load in the background.
         self._tasks = [asyncio.create_task(self.server.serve(), name="engine-serve"),
-                       asyncio.create_task(self.registry.load_all(), name="engine-load")]
+                       asyncio.create_task(self.registry.load_all(), name="engine-load"),
+                       asyncio.create_task(self.server.announce_changes(), name="engine-announce")]
         self._tasks[0].add_done_callback(_crash_on_exit)
 
     async def stop(self) -> None:

@@ -42,6 +42,7 @@ from service.transport import (
 
 log = logging.getLogger("service.engine")
 FRONTEND_SILENT_AFTER_S = 1.0  # a front-end asks every 0.2 s; one silent this long is gone
+READINESS_POLL_S = 0.01
 
 
 class EngineServer:
@@ -52,6 +53,19 @@ class EngineServer:
         self._running: dict[tuple[bytes, int], asyncio.Task[None]] = {}
         self._codecs: dict[tuple[str, int], PayloadCodec] = {}
         self._heard_from: dict[bytes, float] = {}  # front-end -> when it last asked for the status
+
+    async def announce_changes(self) -> None:
+        """Tell every front-end at once when a model turns ready or not ready (loaded, warmed, died), rather
+        than at its next heartbeat: front-ends that share a port must not disagree for up to 200 ms."""
+        last: tuple[bool, ...] = ()
+        while True:
+            now = (self.registry.loading_done, *(served.ready for served in self.registry.all()))
+            if now != last:
+                last = now
+                status = self.status()
+                for identity in list(self._heard_from):
+                    await self._send(identity, status)
+            await asyncio.sleep(READINESS_POLL_S)
 
     async def serve(self) -> None:
         while True:
@@ -79,6 +93,8 @@ class EngineServer:
             served.scheduler.depth if served.scheduler is not None else 0,
             served.runtime.forward_kind if served.runtime is not None else "eager") for served in self.registry.all()}
         now = time.monotonic()
+        for identity in [i for i, heard in self._heard_from.items() if now - heard > 60]:
+            del self._heard_from[identity]  # a front-end gone for good (restarted under a new identity)
         frontends = sum(1 for heard in self._heard_from.values() if now - heard < FRONTEND_SILENT_AFTER_S)
         return Status(request_id, os.getpid(), self.started_at, self.registry.loading_done, models, frontends)
 

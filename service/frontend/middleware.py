@@ -83,13 +83,10 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-
 # The inference routes that name their model in the path: native, KServe V1, V2, generate, samples.
 INFERENCE_PATH = re.compile(r"^/v[12]/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/]+))?"
                             r"(?:/predict|:predict|/infer|/generate|/samples)$")
 FAST_ROUTE = "refused before routing"  # the route label of these refusals in serve_requests_total
-
-
 REFUSAL_HEADERS = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
 
 
