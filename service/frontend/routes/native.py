@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ValidationError
 
 from service.errors import ServeError
 from service.frontend.catalog import Catalog, ServedModel
@@ -14,6 +13,7 @@ from service.frontend.predict import admit, decode_and_infer
 from service.frontend.routes.bodies import read_image_request, read_json_inputs, read_text_request
 from service.frontend.routes.deps import CatalogDep, SettingsDep
 from service.responses import JSONResponse
+from service.runtimes import v2
 from service.schemas import (
     ERROR_RESPONSES,
     PredictResponse,
@@ -23,7 +23,6 @@ from service.schemas import (
 from service.settings import Settings
 
 router = APIRouter(tags=["native"])
-P = TypeVar("P", bound=BaseModel)
 
 IMAGE_BODY = {
     "requestBody": {
@@ -103,15 +102,6 @@ async def get_model_version(name: str, version: str, catalog: CatalogDep) -> JSO
     return JSONResponse(model_detail(catalog.get(name, version), catalog))
 
 
-def parse_parameters(schema: type[P], params: dict[str, Any]) -> P:
-    try:
-        return schema.model_validate(params)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise ServeError(422, f"parameters.{where}: {first['msg']}", "validation_error") from None
-
-
 BODY_READERS = {"image": read_image_request, "text": read_text_request, "series": read_json_inputs}
 
 
@@ -126,7 +116,7 @@ async def predict_items(request: Request, served: ServedModel, catalog: Catalog,
         raise ServeError(400, f"model {served.name} ({served.task}) has no predict route", "wrong_task")
     admit(served)  # a full or unready model refuses before its body is read
     raw, query = await BODY_READERS[runtime.body](request, settings, instances_key)
-    params = runtime.prepare(parse_parameters(runtime.parameters, query))
+    params = runtime.prepare(v2.validate(runtime.parameters, query))
     results = await decode_and_infer(request, served, functools.partial(runtime.decode, params=params), raw,
                                      timeout_s)
     return [runtime.encode(result, params) for result in results]
