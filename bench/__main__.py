@@ -20,7 +20,7 @@ from bench.servers import REPO_ROOT
 def parse_args(argv: list[str] | None = None) -> Config:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--concurrency", default="1,16,64", help="comma-separated wrk connection counts")
+    parser.add_argument("--concurrency", default="1,16,64,128", help="comma-separated wrk connection counts")
     parser.add_argument("--duration", type=int, default=10, help="whole seconds per measured wrk run")
     parser.add_argument("--warmup", type=int, default=3, help="whole seconds of wrk warm-up per server start")
     parser.add_argument("--repeats", type=int, default=3, help="runs of every (server, concurrency) cell")

@@ -132,4 +132,21 @@ def markdown(meta: dict[str, Any], summary: list[dict[str, Any]], ratio_rows: li
     for row in ratio_rows:
         lines.append(f"| {row['concurrency']} | {row['baseline']} | {_ratio(row['rps'])} | {_ratio(row['p50_ms'])} "
                      f"| {_ratio(row['p99_ms'])} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _limit_lines(meta, summary)) + "\n"
+
+
+def _limit_lines(meta: dict[str, Any], summary: list[dict[str, Any]]) -> list[str]:
+    """The model's own speed in this process, and ours as a fraction of it."""
+    limit = meta.get("limit")
+    if not limit:
+        return []
+    best = limit["prepared_img_s"]
+    lines = ["", f"In-process limit of mnist-cnn's forward alone (batch {limit['batch_size']}, the servers' torch "
+             f"threads, measured after the runs): eager {limit['eager_img_s']:.0f} img/s, prepared "
+             f"({limit['prepared_kind']}) {best:.0f} img/s. Ours as a share of the prepared limit:", "",
+             "| concurrency | ours req/s | share of the limit |", "|---:|---:|---:|"]
+    for row in summary:
+        if row["server"] == "ours":
+            rps = row["rps"]["median"]
+            lines.append(f"| {row['concurrency']} | {rps:.0f} | {rps / best:.0%} |")
+    return lines

@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import proctree, report, samples, servers, wrk
+from bench import limit, proctree, report, samples, servers, wrk
 
 PACKAGES = ("torch", "fastapi", "uvicorn", "litserve")
 
@@ -130,6 +130,7 @@ def run(config: Config, command: str) -> str:
     meta["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     meta["correctness"] = f"every server labelled MNIST test images 0..{len(digits) - 1} as the dataset does, " \
                           "at every start"
+    meta["limit"] = limit.measure(config.weights, config.torch_threads, config.max_batch_size)
     summary, ratio_rows = report.summarize(cells), report.ratios(cells)
     text = report.markdown(meta, summary, ratio_rows)
     result = {**meta, "summary": summary, "ratios": ratio_rows, "runs": [c.to_json() for c in cells]}
