@@ -23,9 +23,14 @@ class Admission:
         self.in_flight = 0
         self.refusal = orjson.dumps({"error": self._message(name), "type": "queue_full"})
 
+    @property
+    def full(self) -> bool:
+        """Not even one more input fits."""
+        return self.in_flight >= self.limit
+
     def check(self, name: str) -> None:
         """Refuse before reading the body when not even one input fits."""
-        if self.in_flight >= self.limit:
+        if self.full:
             raise self._full(name)
 
     def take(self, name: str, count: int) -> Permit:

@@ -56,25 +56,27 @@ class ServedModel:
             return "not ready: the engine is starting or restarting"
         return str(status.status)
 
+    def _reported(self, field: str, default: Any) -> Any:
+        """A figure of the engine's last status for this model, or ``default`` while there is none."""
+        status = self.engine_status
+        return getattr(status, field) if status else default
+
     @property
     def device(self) -> str:
-        status = self.engine_status
-        return str(status.device) if status else ""
+        return str(self._reported("device", ""))
 
     @property
     def dtype(self) -> str:
-        status = self.engine_status
-        return str(status.dtype) if status else ""
+        return str(self._reported("dtype", ""))
 
     @property
     def forward(self) -> str | None:
-        status = self.engine_status
-        return str(status.forward) if status else None
+        forward = self._reported("forward", None)
+        return None if forward is None else str(forward)
 
     @property
     def loaded_at(self) -> float:
-        status = self.engine_status
-        return float(status.loaded_at) if status else 0.0
+        return float(self._reported("loaded_at", 0.0))
 
 
 class Catalog:

@@ -101,15 +101,14 @@ def fast_refusal(scope: Scope) -> bytes | None:
     catalog, settings = getattr(state, "catalog", None), getattr(state, "settings", None)
     if catalog is None or settings is None or settings.api_keys:  # keys: the routes check them first
         return None
-    versions = catalog.models.get(match["name"])
-    version = match["version"]
-    if not versions or (version is not None and (not version.isdigit() or int(version) not in versions)):
+    try:
+        served = catalog.get(match["name"], match["version"])
+    except ServeError:  # unknown model or version: the route answers the 404
         return None
-    served = versions[int(version) if version is not None else max(versions)]
     scope["path_params"] = {"name": served.name}
     if not served.ready:
         return orjson.dumps({"error": f"model {served.name} v{served.version} is not ready ({served.status})",
                              "type": "unavailable"})
-    if served.admission.in_flight >= served.admission.limit:
+    if served.admission.full:
         return served.admission.refusal  # the same bytes every time: nothing to render under a flood
     return None

@@ -70,9 +70,6 @@ class ImageRuntime(Runtime):
         for size in sorted({1, max_batch_size}):
             self.forward([np.zeros(self.shape, dtype=np.float32)] * size)
 
-    def forward(self, payloads: list[np.ndarray]) -> Sequence[Any]:
-        raise NotImplementedError
-
 
 class ImageClassifierRuntime(ImageRuntime):
     task = "image-classification"
