@@ -139,18 +139,24 @@ class GenerationLoop(Scheduler):
 
     def _iterate(self, keep: list[int], joining: list[_Sequence]) -> list[int]:
         """Worker thread: drop leavers, step the running rows, prefill the joiners; one token per row."""
+        with torch.inference_mode():  # the batch state is made of inference tensors: every update is in this mode
+            return self._iterate_rows(keep, joining)
+
+    def _iterate_rows(self, keep: list[int], joining: list[_Sequence]) -> list[int]:
         runtime = self.runtime
-        self._batch = runtime.keep(self._batch, keep) if self._batch is not None else None
+        if self._batch is not None and keep != list(range(len(self._active))):  # someone left: copy the rest
+            self._batch = runtime.keep(self._batch, keep)
         staying = [self._active[i] for i in keep]
         tokens: list[int] = []
         if staying:
-            for row in runtime.full_rows(self._batch):  # a GPT at the end of its context: refill from the end
-                state, _ = runtime.prefill(staying[row].history[-(runtime.context or 2) // 2 - 1:-1])
+            full = runtime.full_rows(self._batch)  # GPT rows at the end of their context: refill from the end
+            refills = runtime.prefill_many([staying[row].history[-(runtime.context or 2) // 2 - 1:-1] for row in full])
+            for row, (state, _) in zip(full, refills, strict=True):
                 self._batch = runtime.replace_row(self._batch, row, state)
             self._batch, logits = runtime.step(self._batch, [s.pending for s in staying])  # type: ignore[misc]
             tokens = sample(logits, [s.request.sampling for s in staying], [s.generator for s in staying])
         if joining:
-            states, rows = zip(*(runtime.prefill(s.request.prompt_ids) for s in joining), strict=True)
+            states, rows = zip(*runtime.prefill_many([s.request.prompt_ids for s in joining]), strict=True)
             tokens += sample(torch.stack(rows), [s.request.sampling for s in joining], [s.generator for s in joining])
             self._batch = runtime.join(self._batch, list(states))
         return tokens

@@ -110,26 +110,40 @@ class LanguageModelRuntime(Runtime):
     # -- state (inference worker) ------------------------------------------------------------
     def prefill(self, ids: list[int]) -> tuple[Any, torch.Tensor]:
         """Run one prompt alone: its row state and the logits [V] for the next token."""
-        import torch
+        return self.prefill_many([ids])[0]
 
-        with torch.inference_mode():
-            return self._prefill(ids)
-
-    def _prefill(self, ids: list[int]) -> tuple[Any, torch.Tensor]:
+    def prefill_many(self, prompts: list[list[int]]) -> list[tuple[Any, torch.Tensor]]:
+        """Each prompt's row state and next-token logits [V]; prompts of one length share one forward."""
         import torch
 
         if self.context is not None:
-            ids = ids[-(self.context - 1):]  # a GPT sees at most its context; keep the prompt's end
-        tokens = torch.tensor([ids], device=self.device)
+            prompts = [ids[-(self.context - 1):] for ids in prompts]  # a GPT sees at most its context: keep the end
+        by_length: dict[int, list[int]] = {}
+        for index, ids in enumerate(prompts):
+            by_length.setdefault(len(ids), []).append(index)
+        results: list[tuple[Any, torch.Tensor]] = [None] * len(prompts)  # type: ignore[list-item]
+        with torch.inference_mode():
+            for indices in by_length.values():
+                tokens = torch.tensor([prompts[i] for i in indices], device=self.device)  # [n, T]
+                for index, result in zip(indices, self._prefill_rows(tokens), strict=True):
+                    results[index] = result
+        return results
+
+    def _prefill_rows(self, tokens: torch.Tensor) -> list[tuple[Any, torch.Tensor]]:
+        """Prompts of one length [n, T]: per row, its state (a batch of one) and logits [V]."""
+        import torch
+
+        n, length = tokens.shape
         if self.family == "gpt":
             logits, layers = self.module(tokens)
-            cache = self.module.empty_cache(1)
+            cache = self.module.empty_cache(n)
             for (keys, values), (new_keys, new_values) in zip(cache, layers, strict=True):
-                keys[:, :, : len(ids)] = new_keys
-                values[:, :, : len(ids)] = new_values
-            return (cache, torch.tensor([len(ids)], device=self.device)), logits[0, -1]
-        logits, state = self.module(tokens)
-        return state, logits[0, -1]
+                keys[:, :, :length] = new_keys
+                values[:, :, :length] = new_values
+            row_length = torch.tensor([length], device=self.device)
+            return [(([(k[i:i + 1], v[i:i + 1]) for k, v in cache], row_length), logits[i, -1]) for i in range(n)]
+        logits, (hidden, cell) = self.module(tokens)
+        return [((hidden[:, i:i + 1], cell[:, i:i + 1]), logits[i, -1]) for i in range(n)]
 
     def join(self, batch: Any, rows: list[Any]) -> Any:
         """The batch state with ``rows`` appended (batch may be None)."""
