@@ -2,7 +2,11 @@
 
 Each (repeat, server) starts the server alone on a free 127.0.0.1 port, checks its answers on real MNIST
 digits, warms it up, then runs wrk at each concurrency; servers are interleaved per repeat. Reports the
-median (min-max) per cell and the ratios ours/baseline, into bench/results/<timestamp>.{json,md}.
+median (min-max) per cell and the ratios ours/baseline, into bench/results/<timestamp>.{json,md}, and
+plots req/s and p99 against connections into <timestamp>.png.
+
+Ours runs with its defaults unless --max-batch-size/--max-delay-ms say otherwise; LitServe with its
+batching on (max batch 64, 5 ms); the naive FastAPI app runs one forward per request.
 """
 
 from __future__ import annotations
@@ -29,8 +33,12 @@ def parse_args(argv: list[str] | None = None) -> Config:
                         help="processes per server: ours SERVE_WORKERS, naive uvicorn workers, LitServe "
                              "workers_per_device; default: each server's own (ours SERVE_WORKERS' default, naive 1, "
                              "LitServe 1)")
-    parser.add_argument("--max-batch-size", type=int, default=32, help="ours and LitServe")
-    parser.add_argument("--max-delay-ms", type=float, default=2.0, help="ours; LitServe's batch_timeout")
+    parser.add_argument("--max-batch-size", type=int, default=None,
+                        help="ours (default: its own default, SERVE_MAX_BATCH_SIZE's)")
+    parser.add_argument("--max-delay-ms", type=float, default=None,
+                        help="ours (default: its own default, SERVE_MAX_DELAY_MS's)")
+    parser.add_argument("--litserve-max-batch-size", type=int, default=64, help="LitServe's max_batch_size")
+    parser.add_argument("--litserve-batch-timeout-ms", type=float, default=5.0, help="LitServe's batch_timeout")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (it shares the CPUs with the server)")
     parser.add_argument("--wrk-timeout", type=int, default=10, help="seconds before wrk counts a request lost")
     parser.add_argument("--check-images", type=int, default=10, help="MNIST test images each server must label right")
@@ -45,7 +53,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
                      "and --warmup >= 0")
     return Config(concurrency=concurrency, duration_s=args.duration, warmup_s=args.warmup, repeats=args.repeats,
                   torch_threads=args.torch_threads, max_batch_size=args.max_batch_size,
-                  max_delay_ms=args.max_delay_ms, wrk_threads=args.wrk_threads, wrk_timeout_s=args.wrk_timeout,
+                  max_delay_ms=args.max_delay_ms, litserve_max_batch_size=args.litserve_max_batch_size,
+                  litserve_batch_timeout_ms=args.litserve_batch_timeout_ms, wrk_threads=args.wrk_threads,
+                  wrk_timeout_s=args.wrk_timeout,
                   check_images=args.check_images, startup_timeout_s=args.startup_timeout,
                   weights=args.weights.resolve(), out_dir=args.out.resolve(), workers=args.workers)
 

@@ -101,8 +101,9 @@ def markdown(meta: dict[str, Any], summary: list[dict[str, Any]], ratio_rows: li
         f"- machine: {m['nproc']} CPUs ({m['cpu_model']}), load average at start {m['loadavg_start']}, "
         f"at end {m['loadavg_end']}",
         f"- torch {meta['versions']['torch']}, device cpu, {s['torch_threads']} torch thread(s) in every server "
-        f"process; batching (ours, litserve): max_batch_size {s['max_batch_size']}, max delay "
-        f"{s['max_delay_ms']:g} ms",
+        f"process; batching: ours max_batch_size {s['ours_batching'][0]}, max delay {s['ours_batching'][1]:g} ms; "
+        f"litserve max_batch_size {s['litserve_max_batch_size']}, batch_timeout "
+        f"{s['litserve_batch_timeout_ms']:g} ms; naive none (one forward per request)",
         "- processes: " + "; ".join(f"{name}: {what}" for name, what in s["processes"].items()),
         f"- load: {meta['versions']['wrk']}, {s['wrk_threads']} thread(s), {s['duration_s']:g} s per run after a "
         f"{s['warmup_s']:g} s warm-up per server start, {s['repeats']} repeats with the servers interleaved; "
@@ -150,3 +151,32 @@ def _limit_lines(meta: dict[str, Any], summary: list[dict[str, Any]]) -> list[st
             rps = row["rps"]["median"]
             lines.append(f"| {row['concurrency']} | {rps:.0f} | {rps / best:.0%} |")
     return lines
+
+
+def plot(summary: list[dict[str, Any]], path: Path, title: str) -> None:
+    """req/s and p99 against connections, one line per server (median, with the min-max as error bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: write the file only
+    from matplotlib import pyplot
+
+    figure, (throughput, tail) = pyplot.subplots(1, 2, figsize=(11, 4.2))
+    for server in dict.fromkeys(row["server"] for row in summary):
+        rows = sorted((row for row in summary if row["server"] == server), key=lambda row: row["concurrency"])
+        x = [row["concurrency"] for row in rows]
+        for axes, metric in ((throughput, "rps"), (tail, "p99_ms")):
+            median = [row[metric]["median"] for row in rows]
+            error = [[m - row[metric]["min"] for m, row in zip(median, rows, strict=True)],
+                     [row[metric]["max"] - m for m, row in zip(median, rows, strict=True)]]
+            axes.errorbar(x, median, yerr=error, marker="o", capsize=3, label=server)
+    throughput.set(title="throughput", xlabel="connections", ylabel="requests/s", xscale="log")
+    tail.set(title="p99 latency (lower is better)", xlabel="connections", ylabel="ms", xscale="log", yscale="log")
+    for axes in (throughput, tail):
+        axes.set_xticks(sorted({row["concurrency"] for row in summary}))
+        axes.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)

@@ -26,8 +26,10 @@ class Config:
     warmup_s: int
     repeats: int
     torch_threads: int
-    max_batch_size: int
-    max_delay_ms: float
+    max_batch_size: int | None  # ours; None: its default
+    max_delay_ms: float | None
+    litserve_max_batch_size: int
+    litserve_batch_timeout_ms: float
     wrk_threads: int
     wrk_timeout_s: int
     check_images: int
@@ -111,15 +113,17 @@ def run(config: Config, command: str) -> str:
     digits = samples.load(max(1, config.check_images))
     png = logs / "digit.png"
     png.write_bytes(digits[0].png)
-    specs = servers.specs(config.weights, config.torch_threads, config.max_batch_size, config.max_delay_ms,
-                          config.workers)
+    ours_batching = servers.ours_batching(config.max_batch_size, config.max_delay_ms)
+    specs = servers.specs(config.weights, config.torch_threads, ours_batching,
+                          (config.litserve_max_batch_size, config.litserve_batch_timeout_ms), config.workers)
     meta: dict[str, Any] = {
         "started": started, "command": command, "machine": machine(), "git_commit": git_commit(),
         "versions": {"wrk": wrk_version, **{p: metadata.version(p) for p in PACKAGES}},
         "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
                      "device": "cpu", "png_bytes": len(digits[0].png), "png_label": digits[0].label,
                      "png_test_index": digits[0].index, "servers": {s.name: shlex.join(s.argv) for s in specs},
-                     "processes": {s.name: s.processes for s in specs}},
+                     "processes": {s.name: s.processes for s in specs},
+                     "ours_batching": list(ours_batching)},
     }
     cells: list[report.Cell] = []
     for repeat in range(config.repeats):
@@ -130,11 +134,12 @@ def run(config: Config, command: str) -> str:
     meta["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     meta["correctness"] = f"every server labelled MNIST test images 0..{len(digits) - 1} as the dataset does, " \
                           "at every start"
-    meta["limit"] = limit.measure(config.weights, config.torch_threads, config.max_batch_size)
+    meta["limit"] = limit.measure(config.weights, config.torch_threads, ours_batching[0])
     summary, ratio_rows = report.summarize(cells), report.ratios(cells)
     text = report.markdown(meta, summary, ratio_rows)
     result = {**meta, "summary": summary, "ratios": ratio_rows, "runs": [c.to_json() for c in cells]}
     (config.out_dir / f"{started}.json").write_text(json.dumps(result, indent=2) + "\n")
     (config.out_dir / f"{started}.md").write_text(text)
-    log(f"wrote {config.out_dir / started}.json and .md (server logs in {logs})")
+    report.plot(summary, config.out_dir / f"{started}.png", f"mnist-cnn, raw PNG, {meta['machine']['nproc']} CPUs")
+    log(f"wrote {config.out_dir / started}.json, .md and .png (server logs in {logs})")
     return text

@@ -36,16 +36,27 @@ class ServerSpec:
         return [part.replace("{port}", str(port)) for part in self.argv]
 
 
-def specs(weights: Path, torch_threads: int, max_batch_size: int, max_delay_ms: float,
-          workers: int | None = None) -> list[ServerSpec]:
-    """Ours and the two baselines, with the same weights, torch threads and batching limits.
+def ours_batching(max_batch_size: int | None, max_delay_ms: float | None) -> tuple[int, float]:
+    """Our batching for the run: what was asked, else the server's own defaults."""
+    from service.settings import REPO_ROOT, Settings
+
+    defaults = Settings(weights_dir=REPO_ROOT / "weights")
+    return (max_batch_size or defaults.max_batch_size,
+            max_delay_ms if max_delay_ms is not None else defaults.max_delay_ms)
+
+
+def specs(weights: Path, torch_threads: int, ours_batching: tuple[int, float],
+          litserve_batching: tuple[int, float], workers: int | None = None) -> list[ServerSpec]:
+    """Ours and the two baselines, with the same weights and torch threads; the batchings are each server's
+    (max batch size, max delay or batch timeout in ms).
 
     ``workers`` None leaves each server at its own default process count (ours: SERVE_WORKERS front-ends;
     naive: one uvicorn process; LitServe: workers_per_device=1); a number is passed to all three.
     """
     py, common = sys.executable, ["--port", "{port}", "--weights", str(weights), "--torch-threads", str(torch_threads)]
     flag = [] if workers is None else ["--workers", str(workers)]
-    batching = ["--max-batch-size", str(max_batch_size), "--max-delay-ms", f"{max_delay_ms:g}"]
+    batching = ["--max-batch-size", str(ours_batching[0]), "--max-delay-ms", f"{ours_batching[1]:g}"]
+    lit_batching = ["--max-batch-size", str(litserve_batching[0]), "--max-delay-ms", f"{litserve_batching[1]:g}"]
     ours = [py, "-m", "service", "--host", HOST, "--port", "{port}", "--weights-dir", str(weights.parent.parent),
             "--models", weights.parent.name, "--device", "cpu", "--torch-threads", str(torch_threads),
             *flag, *batching, "--log-level", "warning"]
@@ -57,7 +68,7 @@ def specs(weights: Path, torch_threads: int, max_batch_size: int, max_delay_ms: 
         ServerSpec("naive", [py, "-m", "bench.baselines.naive_fastapi", "--host", HOST, *common, *flag], "/health",
                    processes=f"{n} uvicorn worker(s)" + (" (its default)" if workers is None else "")),
         ServerSpec("litserve", [py, "-m", "bench.baselines.litserve_server", "--host", HOST, *common, *flag,
-                                *batching], "/health",
+                                *lit_batching], "/health",
                    processes=f"workers_per_device={n}" + (" (its default)" if workers is None else "")),
     ]
 

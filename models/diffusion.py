@@ -8,6 +8,7 @@ serving can never disagree on it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -126,12 +127,14 @@ def ddim_timesteps(total: int, steps: int) -> list[int]:
     return sorted({round(i * (total - 1) / (steps - 1)) for i in range(steps)}, reverse=True)
 
 
-def ddim_step(model: UNet, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
+def ddim_step(model: UNet, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
+              denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """One deterministic DDIM update (eta = 0) per row from timestep t to t_next (-1: to the clean image).
 
-    x: [N, 1, H, W]; t, t_next: [N]; rows may be at different timesteps.
+    x: [N, 1, H, W]; t, t_next: [N]; rows may be at different timesteps. ``denoise`` (default: the
+    model itself) predicts the noise: a server passes the model's prepared forward.
     """
-    noise = model(x, t)
+    noise = (denoise or model)(x, t)
     alpha = model.alpha_bar[t][:, None, None, None]
     alpha_next = torch.where(t_next >= 0, model.alpha_bar[t_next.clamp(min=0)], torch.ones_like(t_next, dtype=x.dtype))
     alpha_next = alpha_next[:, None, None, None]

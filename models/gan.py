@@ -33,7 +33,7 @@ class Generator(nn.Module):
     def forward(self, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # noise: [N, latent]; labels: [N] class ids -> images [N, 1, 28, 28] in [0, 1]
         x = self.project(torch.cat([noise, self.label_embedding(labels)], dim=1))
-        return self.upsample(x.view(len(noise), 2 * self.config.width, 7, 7))
+        return self.upsample(x.view(-1, 2 * self.config.width, 7, 7))  # -1, not len(noise): traceable
 
 
 class Discriminator(nn.Module):

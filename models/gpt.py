@@ -125,3 +125,16 @@ class GPT(nn.Module):
         weight = self.token_embedding.weight
         shape = (rows, self.config.heads, capacity or self.config.block_size, self.config.dim // self.config.heads)
         return [(weight.new_zeros(shape), weight.new_zeros(shape)) for _ in self.blocks]
+
+
+class CachedStep(nn.Module):
+    """The decoding step of a GPT: one new token per row, written into the cache in place; only the logits
+    come back, so the step can be traced (a traced function cannot return the cache's list of tuples)."""
+
+    def __init__(self, gpt: GPT) -> None:
+        super().__init__()
+        self.gpt = gpt
+
+    def forward(self, ids: torch.Tensor, cache: list[LayerCache], lengths: torch.Tensor) -> torch.Tensor:
+        # ids: [N, 1]; cache: per layer [N, H, C, hd], updated in place; lengths: [N] -> logits [N, 1, vocab]
+        return self.gpt(ids, cache, lengths)[0]

@@ -179,6 +179,8 @@ def make_client(weights_dir: Path) -> Iterator[Callable[..., TestClient]]:
     clients: list[TestClient] = []
 
     def factory(**overrides: Any) -> TestClient:
+        overrides.setdefault("prepare", False)  # tracing and timing every tiny model costs ~3 s a client;
+        # tests/service/test_prepare.py covers it, and the committed weights' smoke tests run prepared
         settings = Settings(weights_dir=overrides.pop("weights_dir", weights_dir), device="cpu",
                             torch_threads=1, **overrides)
         client = TestClient(create_app(settings), raise_server_exceptions=False)
@@ -253,6 +255,6 @@ class LiveServer:
 
 @pytest.fixture
 def live_server(weights_dir: Path) -> Iterator[LiveServer]:
-    settings = Settings(weights_dir=weights_dir, device="cpu", torch_threads=1, port=free_port())
+    settings = Settings(weights_dir=weights_dir, device="cpu", torch_threads=1, port=free_port(), prepare=False)
     with LiveServer(settings) as server:
         yield server

@@ -34,6 +34,18 @@ class ImageRuntime(Runtime):
         self.shape = (int(channels), int(height), int(width))
         self.inputs = [TensorSpec("pixels", "FP32", [-1, *self.shape])]
         self.outputs: list[TensorSpec] = []
+        self.prepared: Any = None
+
+    def attach(self, module: Any, device: torch.device, dtype: torch.dtype) -> None:
+        super().attach(module, device, dtype)
+        self.prepared = self.module  # eager until prepare_forward
+
+    def prepare_forward(self, max_batch_size: int) -> None:
+        from service.engine.prepare import prepare_image_forward
+
+        self.prepared = prepare_image_forward(self.module, self.shape, self.device, self.dtype, max_batch_size,
+                                              str(self.manifest.get("name")))
+        self.forward_kind = self.prepared.description
 
     # -- decode (front-end, before queueing) ---------------------------------------------
     def decode_image(self, data: bytes, index: int, invert: bool | None) -> np.ndarray:
@@ -78,20 +90,8 @@ class ImageClassifierRuntime(ImageRuntime):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.prepared: Any = None
         self.outputs = [TensorSpec("probabilities", "FP32", [-1, len(self.labels or [])]),
                         TensorSpec("label", "BYTES", [-1])]
-
-    def attach(self, module: Any, device: torch.device, dtype: torch.dtype) -> None:
-        super().attach(module, device, dtype)
-        self.prepared = self.module  # eager until prepare_forward
-
-    def prepare_forward(self, max_batch_size: int) -> None:
-        from service.engine.prepare import prepare_image_forward
-
-        self.prepared = prepare_image_forward(self.module, self.shape, self.device, self.dtype, max_batch_size,
-                                              str(self.manifest.get("name")))
-        self.forward_kind = self.prepared.description
 
     def forward(self, payloads: list[np.ndarray]) -> Sequence[np.ndarray]:
         import torch
@@ -130,7 +130,7 @@ class AnomalyRuntime(ImageRuntime):
 
         with torch.inference_mode():
             pixels = self.batch(payloads)
-            reconstruction = self.module(pixels)
+            reconstruction = self.prepared(pixels)
             scores = self.module.score(pixels.float(), reconstruction.float())
         return [AnomalyResult(float(score), image) for score, image in
                 zip(scores.cpu().numpy(), reconstruction.float().cpu().numpy(), strict=True)]

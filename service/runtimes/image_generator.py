@@ -71,6 +71,7 @@ class _ImageOutputs(Runtime):
         import torch
 
         super().attach(module, device, torch.float32)  # exact bytes per seed: no half precision
+        self.prepared: Any = self.module  # eager until prepare_forward
 
     def sample_request(self, params: SampleParameters, seed: int) -> SampleRequest:
         """Check the parameters against this generator (400 when out of its bounds)."""
@@ -121,6 +122,22 @@ class ImageGeneratorRuntime(_ImageOutputs):
         super().__init__(manifest, limits, tokenizer)
         self.latent = int(manifest["config"]["latent"])
 
+    def prepare_forward(self, max_batch_size: int) -> None:
+        """Checked on noise and labels for 1, 3 and 16 images, timed on 16 (the size a page of samples asks)."""
+        import torch
+
+        from service.engine.prepare import prepare
+
+        generator = torch.Generator().manual_seed(0)
+
+        def inputs(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            labels = torch.randint(0, max(1, self.classes), (n,), generator=generator)
+            return torch.randn(n, self.latent, generator=generator).to(self.device), labels.to(self.device)
+
+        self.prepared = prepare(str(self.manifest.get("name")), self.module, [inputs(1), inputs(3), inputs(16)],
+                                inputs(16), self.device, self.dtype)
+        self.forward_kind = self.prepared.description
+
     def forward(self, payloads: list[SampleRequest]) -> Sequence[Samples]:
         import torch
 
@@ -136,7 +153,7 @@ class ImageGeneratorRuntime(_ImageOutputs):
             labels = torch.full((request.n,), request.label, dtype=torch.long)
         else:
             labels = torch.randint(0, max(1, self.classes), (request.n,), generator=rng)
-        images = self.module(noise.to(self.device), labels.to(self.device))  # [n, 1, 28, 28]
+        images = self.prepared(noise.to(self.device), labels.to(self.device))  # [n, 1, 28, 28]
         return Samples(request.seed, images[:, 0].float().cpu().numpy(), list(labels.tolist()))
 
     def warmup(self, max_batch_size: int) -> None:
@@ -176,6 +193,24 @@ class DiffusionRuntime(_ImageOutputs):
         generator = torch.Generator().manual_seed(request.seed)
         return torch.randn(request.n, 1, 28, 28, generator=generator).to(self.device)  # [n, 1, 28, 28]
 
+    def prepare_forward(self, max_batch_size: int) -> None:
+        """The denoiser, checked on noisy images at timesteps across the schedule and timed, at the one shape
+        every update runs (``rows_per_forward`` rows)."""
+        import torch
+
+        from service.engine.prepare import prepare
+
+        self.rows_per_forward = max_batch_size
+        generator = torch.Generator().manual_seed(0)
+
+        def inputs() -> tuple[torch.Tensor, torch.Tensor]:
+            t = torch.randint(0, self.timesteps, (max_batch_size,), generator=generator)
+            return torch.randn(max_batch_size, 1, 28, 28, generator=generator).to(self.device), t.to(self.device)
+
+        self.prepared = prepare(str(self.manifest.get("name")), self.module, [inputs(), inputs()], inputs(),
+                                self.device, self.dtype)
+        self.forward_kind = self.prepared.description
+
     def step(self, x: torch.Tensor, t: list[int], t_next: list[int]) -> torch.Tensor:
         """One DDIM update of every row of x [R, 1, 28, 28] from t[r] to t_next[r] (-1: the clean image)."""
         import torch
@@ -188,7 +223,8 @@ class DiffusionRuntime(_ImageOutputs):
             x = torch.cat([x, x.new_zeros(padded - rows, *x.shape[1:])])
             t_all = torch.tensor(t + [0] * (padded - rows), device=self.device)
             t_next_all = torch.tensor(t_next + [-1] * (padded - rows), device=self.device)
-            parts = [ddim_step(self.module, x[i:i + chunk], t_all[i:i + chunk], t_next_all[i:i + chunk])
+            parts = [ddim_step(self.module, x[i:i + chunk], t_all[i:i + chunk], t_next_all[i:i + chunk],
+                               self.prepared)
                      for i in range(0, padded, chunk)]
             return torch.cat(parts)[:rows]
 

@@ -108,6 +108,40 @@ class LanguageModelRuntime(Runtime):
         return self.vocab[token]
 
     # -- state (inference worker) ------------------------------------------------------------
+    def attach(self, module: Any, device: torch.device, dtype: torch.dtype) -> None:
+        super().attach(module, device, dtype)
+        self.stepper: Any = self.module  # the one-token step's forward; eager until prepare_forward
+        if self.family == "gpt":
+            from models.gpt import CachedStep
+
+            self.stepper = CachedStep(self.module)  # logits only: the cache is updated in place
+
+    def prepare_forward(self, max_batch_size: int) -> None:
+        """The decoding step (one token per row, with the cache), checked at 1, 3 and ``max_batch_size`` rows
+        at random lengths and timed at 16 rows. Prefills stay eager: they run once per prompt."""
+        import torch
+
+        from service.engine.prepare import prepare
+
+        generator = torch.Generator().manual_seed(0)
+
+        def inputs(rows: int) -> tuple[Any, ...]:
+            ids = torch.randint(0, len(self.vocab), (rows, 1), generator=generator).to(self.device)
+            if self.family == "gpt":
+                cache = [tuple(torch.randn(z.shape, generator=generator).to(z) for z in layer)
+                         for layer in self.module.empty_cache(rows)]
+                context = int(self.context or 1)
+                lengths = torch.randint(0, context - 1, (rows,), generator=generator).to(self.device)
+                return ids, cache, lengths
+            layers, hidden = self.module.config.layers, self.module.config.hidden
+            state = tuple(torch.randn(layers, rows, hidden, generator=generator).to(self.device) for _ in range(2))
+            return ids, state
+
+        checks = [inputs(1), inputs(3), inputs(max_batch_size)]
+        self.stepper = prepare(str(self.manifest.get("name")), self.stepper, checks, inputs(min(16, max_batch_size)),
+                               self.device, self.dtype)
+        self.forward_kind = self.stepper.description
+
     def prefill(self, ids: list[int]) -> tuple[Any, torch.Tensor]:
         """Run one prompt alone: its row state and the logits [V] for the next token."""
         return self.prefill_many([ids])[0]
@@ -199,9 +233,9 @@ class LanguageModelRuntime(Runtime):
         ids = torch.tensor(tokens, device=self.device)[:, None]
         if self.family == "gpt":
             cache, lengths = batch
-            logits, cache = self.module(ids, cache, lengths)
+            logits = self.stepper(ids, cache, lengths)  # writes the new keys and values into the cache
             return (cache, lengths + 1), logits[:, -1]
-        logits, state = self.module(ids, batch)
+        logits, state = self.stepper(ids, batch)
         return state, logits[:, -1]
 
     def warmup(self, max_batch_size: int) -> None:

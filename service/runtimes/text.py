@@ -91,6 +91,32 @@ class TextRuntime(Runtime):
                 raise InputError(index, "text is not valid UTF-8") from None
         return self.decode_text(raw, index)
 
+    def attach(self, module: Any, device: torch.device, dtype: torch.dtype) -> None:
+        super().attach(module, device, dtype)
+        self.prepared: Any = self.module  # eager until prepare_forward
+
+    def prepare_forward(self, max_batch_size: int) -> None:
+        """Checked at three shapes, each of another length and row count than the batch of 32-token inputs it
+        is traced and timed on, so a shape baked into the trace fails the check."""
+        import torch
+
+        from service.engine.prepare import prepare
+
+        generator = torch.Generator().manual_seed(0)
+        vocab = int(self.manifest["config"]["vocab_size"])
+
+        def inputs(rows: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+            lengths = torch.randint(1, tokens + 1, (rows,), generator=generator)
+            lengths[0] = tokens
+            ids = torch.randint(self.pad_id + 1, vocab, (rows, tokens), generator=generator)
+            ids[torch.arange(tokens)[None, :] >= lengths[:, None]] = self.pad_id
+            return ids.to(self.device), lengths.to(self.device)
+
+        checks = [inputs(rows, min(tokens, self.max_tokens)) for rows, tokens in ((1, 6), (3, 19), (5, 48))]
+        timing = inputs(min(8, max_batch_size), min(32, self.max_tokens))  # a MiniLM's full batch takes seconds
+        self.prepared = prepare(str(self.manifest.get("name")), self.module, checks, timing, self.device, self.dtype)
+        self.forward_kind = self.prepared.description
+
     def run_module(self, items: list[TextItem]) -> list[np.ndarray]:
         import torch
 
@@ -107,7 +133,7 @@ class TextRuntime(Runtime):
             for row, i in enumerate(bucket):
                 ids[row, : len(items[i].ids)] = torch.tensor(items[i].ids)
             lengths = torch.tensor([len(items[i].ids) for i in bucket])
-            result = self.module(ids.to(self.device), lengths.to(self.device)).float()  # [B, C] or [B, D]
+            result = self.prepared(ids.to(self.device), lengths.to(self.device)).float()  # [B, C] or [B, D]
             for row, value in zip(bucket, self.postprocess(result).cpu().numpy(), strict=True):
                 outputs[row] = value
         return outputs
