@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         for repeat in range(args.repeats):
             for n in counts:  # the service and the limit alternate, so both see the same machine
                 rates[n].append(asyncio.run(round_rate(base_url, args.model, n, args.tokens, 1000 * repeat)))
-                limits[n].append(decoding_tokens_per_second(weights, args.torch_threads, n, args.tokens))
+                limits[n].append(decoding_tokens_per_second(weights, args.torch_threads, n, args.tokens, max(counts)))
     lines = [f"# Generation: {args.model}, {args.tokens} tokens per stream, {args.repeats} repeats",
              "", f"CPU: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
              f"{args.torch_threads} torch thread(s), device cpu", "",

@@ -40,7 +40,7 @@ def measure(weights: Path, torch_threads: int, batch_size: int, seconds: float =
         torch.set_num_threads(threads)
 
 
-def decoding_tokens_per_second(weights: Path, torch_threads: int, rows: int, tokens: int,
+def decoding_tokens_per_second(weights: Path, torch_threads: int, rows: int, tokens: int, max_batch_size: int,
                                seconds: float = 2.0) -> float:
     """Tokens/s of a language model's own decoding, ``rows`` sequences of ``tokens`` tokens at once.
 
@@ -59,7 +59,7 @@ def decoding_tokens_per_second(weights: Path, torch_threads: int, rows: int, tok
         module, manifest = models.load(weights)
         runtime = build_runtime(manifest, weights, Settings())
         runtime.attach(module, torch.device("cpu"), torch.float32)
-        runtime.prepare_forward(rows)
+        runtime.prepare_forward(max_batch_size)  # as the service's engine prepares it, whatever the rows
         prompt = runtime.encode_prompt("ROMEO:\n")
         done, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds:

@@ -41,6 +41,16 @@ class _Sequence:
     enqueued: float = field(default_factory=time.monotonic)
 
 
+@dataclass(eq=False)
+class _Step:
+    """A step running in the worker: which running rows it keeps and which generations join."""
+
+    future: asyncio.Future[list[int]]
+    keep: list[int]
+    joining: list[_Sequence]
+    started: float
+
+
 class Generation:
     """A handle on one running generation: iterate it for its events; ``cancel`` when its client leaves."""
 
@@ -106,36 +116,57 @@ class GenerationLoop(Scheduler):
 
     # -- the loop --------------------------------------------------------------------------------
     async def _run(self) -> None:
+        """Step after step. The next step starts in the worker as soon as the last one's tokens are known,
+        and the loop turns those tokens into text and events while it runs: a generation that hits a stop
+        string runs one step more than it needs (its token is dropped), and none waits for the hand-offs."""
         loop = asyncio.get_running_loop()
+        step: _Step | None = None
         while True:
-            self._expire_waiting()
-            if not self._active and not self._waiting:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            keep = [i for i, s in enumerate(self._active) if not (s.cancelled or s.done)]
-            joining: list[_Sequence] = []
-            while self._waiting and len(keep) + len(joining) < self.max_active:
-                candidate = self._waiting.popleft()
-                if not candidate.cancelled:
-                    joining.append(candidate)
-            started = time.perf_counter()
+            if step is None:
+                self._expire_waiting()
+                if not self._active and not self._waiting:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                step = self._launch(loop)
             try:
-                tokens = await loop.run_in_executor(self._executor, self._iterate, keep, joining)
+                tokens = await step.future
             except Exception as exc:
                 if is_fatal(exc) or (isinstance(exc, RuntimeError) and "shutdown" in str(exc)):
                     log.error("model %s: the device can run nothing more: %r", self.name, exc)
-                    self._die(f"decoding failed: {exc}", joining)
+                    self._die(f"decoding failed: {exc}", step.joining)
                     return
-                self._fail_step([self._active[i] for i in keep] + joining, exc)
+                self._fail_step([self._active[i] for i in step.keep] + step.joining, exc)
+                step = None
                 continue
-            self._active = [self._active[i] for i in keep] + joining
+            self._active = [self._active[i] for i in step.keep] + step.joining
             if self._observer is not None and self._active:
-                self._observer.batch_done(len(self._active), time.perf_counter() - started)
+                self._observer.batch_done(len(self._active), time.perf_counter() - step.started)
             for sequence, token in zip(self._active, tokens, strict=True):
-                self._advance(sequence, token)
-            self._wakeup.clear()
+                self._feed(sequence, token)
+            self._expire_waiting()
+            running = any(not self._finished(s) for s in self._active)
+            step = self._launch(loop) if running or self._waiting else None
+            for sequence, token in zip(self._active, tokens, strict=True):  # while the next step runs
+                self._emit(sequence, token)
             await asyncio.sleep(0)  # let consumers and new requests run between steps
+
+    def _launch(self, loop: asyncio.AbstractEventLoop) -> _Step:
+        """Start the next step in the worker: the running rows that go on, and waiting ones that join."""
+        keep = [i for i, s in enumerate(self._active) if not self._finished(s)]
+        joining: list[_Sequence] = []
+        while self._waiting and len(keep) + len(joining) < self.max_active:
+            candidate = self._waiting.popleft()
+            if not candidate.cancelled:
+                joining.append(candidate)
+        self._wakeup.clear()
+        future = loop.run_in_executor(self._executor, self._iterate, keep, joining)
+        return _Step(future, keep, joining, time.perf_counter())
+
+    @staticmethod
+    def _finished(sequence: _Sequence) -> bool:
+        """Needs no more steps: done, cancelled, or its last token is its ``max_tokens``-th."""
+        return sequence.done or sequence.cancelled or sequence.generated >= sequence.request.max_tokens
 
     def _iterate(self, keep: list[int], joining: list[_Sequence]) -> list[int]:
         """Worker thread: drop leavers, step the running rows, prefill the joiners; one token per row."""
@@ -172,13 +203,20 @@ class GenerationLoop(Scheduler):
                 failure.__cause__ = exc
                 sequence.events.put_nowait(failure)
 
-    def _advance(self, sequence: _Sequence, token: int) -> None:
+    def _feed(self, sequence: _Sequence, token: int) -> None:
+        """What the next step needs from a new token: it is fed to the model (and kept for refills)."""
         if sequence.cancelled:
             sequence.done = True
-            return
+        if sequence.done:
+            return  # finished by a stop string while this step ran: its token is dropped
         sequence.pending = token
         sequence.history.append(token)
         sequence.generated += 1
+
+    def _emit(self, sequence: _Sequence, token: int) -> None:
+        """A fed token's text and events: a piece (minus what may start a stop string), and the end."""
+        if sequence.done:
+            return  # cancelled, or finished by a stop string while this step ran
         sequence.text += self.runtime.token_text(token)
         reason = None
         stops = [sequence.text.find(stop, max(0, sequence.emitted - len(stop))) for stop in sequence.request.stop]

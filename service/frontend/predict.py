@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import struct
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -67,10 +68,16 @@ def admit(served: ServedModel) -> None:
 INLINE_DECODE_UNITS = 64 * 1024  # pixels or characters: below this, decoding is cheaper than a thread hop
 
 
+PNG_HEADER = b"\x89PNG\r\n\x1a\n"
+
+
 def decoded_size(raw: Any) -> int:
     """What an input decodes to (an image's pixels from its header, a text's characters), not its bytes:
     a small file can hold a large image."""
     if isinstance(raw, bytes):
+        if raw[:8] == PNG_HEADER and raw[12:16] == b"IHDR" and len(raw) >= 24:
+            width, height = struct.unpack(">II", raw[16:24])  # a PNG's size, without opening it (~60 us less)
+            return int(width * height)
         try:
             width, height = Image.open(io.BytesIO(raw)).size  # reads the header only
             return int(width * height)

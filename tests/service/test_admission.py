@@ -76,3 +76,7 @@ def test_decoding_cost_is_judged_by_pixels_not_bytes() -> None:
     assert decoded_size("a sentence") == 10
     assert decoded_size(np.zeros((1, 28, 28), np.float32)) == 784
     assert decoded_size(b"not an image") == len(b"not an image")
+    jpeg = io.BytesIO()
+    Image.new("L", (300, 200)).save(jpeg, format="JPEG")
+    assert decoded_size(jpeg.getvalue()) == 60_000  # other formats: from the header, through Pillow
+    assert decoded_size(small_file_large_image[:20]) == 20  # a PNG cut inside its header: its decoder says so
