@@ -72,30 +72,30 @@ def _respond(request: Request, status: int, message: str, type_: str,
     return error_response(status, message, type_, headers)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ServeError)
-    async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
+def exception_response(request: Request, exc: Exception) -> JSONResponse:
+    """Any exception as the response the client gets: the one mapping behind every handler below, and
+    behind the predict route served without routing (service/frontend/direct.py)."""
+    if isinstance(exc, ServeError):
         return _respond(request, exc.status, exc.message, exc.type, exc.headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if isinstance(exc, StarletteHTTPException):
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 404 and message == "Not Found":
             message = "no such route"
         return _respond(request, exc.status_code, message, _TYPES.get(exc.status_code, "error"),
                         getattr(exc, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    if isinstance(exc, RequestValidationError):
         return _respond(request, 422, _describe_validation(list(exc.errors())), "validation_error")
-
-    @app.exception_handler(ClientDisconnect)
-    async def _client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+    if isinstance(exc, ClientDisconnect):
         # The client left while its body was being read: nobody is there to answer, nothing to log loudly.
         log.debug("client disconnected during %s %s", request.method, request.url.path)
         return _respond(request, 499, "client closed the request", "client_closed")
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _respond(request, 500, "internal error; this is a bug, see the server log", "internal")
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _respond(request, 500, "internal error; this is a bug, see the server log", "internal")
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        return exception_response(request, exc)
+
+    for kind in (ServeError, StarletteHTTPException, RequestValidationError, ClientDisconnect, Exception):
+        app.add_exception_handler(kind, handle)

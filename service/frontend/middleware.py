@@ -11,6 +11,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import ServeError, error_response
+from service.frontend.direct import direct_target, serve_direct
 from service.frontend.predict import ARRIVAL_KEY
 from service.metrics import Metrics
 
@@ -53,10 +54,15 @@ class ServeMiddleware:
                 status["code"] = message["status"]
             await send(message)
 
+        direct = direct_target(scope)
         try:
-            await self.app(scope, limited_receive, recording_send)
+            if direct is not None:  # the native predict route, without the framework's routing
+                await serve_direct(direct, scope, limited_receive, recording_send)
+            else:
+                await self.app(scope, limited_receive, recording_send)
         finally:
-            self._record(scope, status["code"], time.monotonic() - started)
+            self._record(scope, status["code"], time.monotonic() - started,
+                         direct.template if direct is not None else None)
 
     async def _reject_too_large(self, scope: Scope, receive: Receive, send: Send, declared: int) -> None:
         response = error_response(413, f"body of {declared} bytes exceeds the limit of {self.max_body_bytes}",

@@ -262,3 +262,22 @@ def test_every_setting_is_a_flag_including_the_json_ones(tmp_path) -> None:  # t
     for bad in ('{"a": {"max_batch_sise": 3}}', "{not json"):
         with pytest.raises(ValueError):
             Settings(**parse_overrides(["--weights-dir", str(tmp_path), "--model-overrides", bad]))  # type: ignore[arg-type]
+
+
+def test_the_predict_route_served_without_routing_answers_and_counts_as_the_route(client: TestClient,
+                                                                                   digit_png: bytes) -> None:
+    """service/frontend/direct.py serves these paths before FastAPI routes them: same answers, same metrics."""
+    headers = {"content-type": "image/png"}
+    latest = client.post("/v1/models/tiny-cnn/predict?top_k=2", content=digit_png, headers=headers)
+    pinned = client.post("/v1/models/tiny-cnn/versions/1/predict", content=digit_png, headers=headers)
+    assert latest.status_code == pinned.status_code == 200
+    assert len(latest.json()["predictions"][0]["top_k"]) == 2 and pinned.json()["version"] == 1
+    assert assert_error(client.post("/v1/models/nope/predict", content=digit_png, headers=headers), 404)
+    assert assert_error(client.post("/v1/models/tiny-cnn/versions/9/predict", content=digit_png, headers=headers), 404)
+    assert assert_error(client.post("/v1/models/tiny-cnn/predict", content=b"<svg/>",
+                                    headers={"content-type": "image/svg+xml"}), 415)
+    assert assert_error(client.post("/v1/models/tiny-cnn/predict", content=b"\x89PNG broken", headers=headers), 400)
+    metrics = client.get("/metrics").text
+    assert 'route="/v1/models/{name}/predict",status="200"' in metrics
+    assert 'route="/v1/models/{name}/versions/{version}/predict",status="200"' in metrics
+    assert 'route="/v1/models/{name}/predict",status="415"' in metrics

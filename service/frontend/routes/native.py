@@ -122,7 +122,9 @@ async def predict_items(request: Request, served: ServedModel, catalog: Catalog,
     return [runtime.encode(result, params) for result in results]
 
 
-async def _predict(request: Request, served: ServedModel, catalog: Catalog, settings: Settings) -> JSONResponse:
+async def predict_response(request: Request, served: ServedModel, catalog: Catalog,
+                           settings: Settings) -> JSONResponse:
+    """The native predict route's answer (also called without routing: service/frontend/direct.py)."""
     predictions = await predict_items(request, served, catalog, settings)
     return JSONResponse({"model": served.name, "version": served.version, "predictions": predictions})
 
@@ -130,11 +132,11 @@ async def _predict(request: Request, served: ServedModel, catalog: Catalog, sett
 @router.post("/v1/models/{name}/predict", summary="Predict with a model's latest version",
              response_model=PredictResponse, responses=ERROR_RESPONSES, openapi_extra=IMAGE_BODY)
 async def predict(name: str, request: Request, catalog: CatalogDep, settings: SettingsDep) -> JSONResponse:
-    return await _predict(request, catalog.get(name), catalog, settings)
+    return await predict_response(request, catalog.get(name), catalog, settings)
 
 
 @router.post("/v1/models/{name}/versions/{version}/predict", summary="Predict with one model version",
              response_model=PredictResponse, responses=ERROR_RESPONSES, openapi_extra=IMAGE_BODY)
 async def predict_version(name: str, version: str, request: Request, catalog: CatalogDep,
                           settings: SettingsDep) -> JSONResponse:
-    return await _predict(request, catalog.get(name, version), catalog, settings)
+    return await predict_response(request, catalog.get(name, version), catalog, settings)
