@@ -1,9 +1,11 @@
 """The supervisor: one engine process per device and ``SERVE_WORKERS`` HTTP front-end processes.
 
-It opens the listening socket once and hands it to every front-end (the kernel spreads connections
-over them), gives them the engine's ZeroMQ address and a shared Prometheus multiprocess directory,
-and restarts any child that dies. Restarts back off (0.25 s, doubling up to 10 s) while a child keeps
-dying young, so a crash loop does not spin hot; a child that lived 30 s starts from the shortest wait.
+It opens one listening socket per front-end on the one port (``SO_REUSEPORT``: the kernel spreads new
+connections evenly over them) and keeps them, so a restarted front-end takes over its own socket and
+the connections waiting on it. It gives the front-ends the engine's ZeroMQ address and a shared
+Prometheus multiprocess directory, and restarts any child that dies. Restarts back off (0.25 s,
+doubling up to 10 s) while a child keeps dying young, so a crash loop does not spin hot; a child
+that lived 30 s starts from the shortest wait.
 """
 
 from __future__ import annotations
@@ -73,14 +75,13 @@ class Supervisor:
             env["PROMETHEUS_MULTIPROC_DIR"] = str(self.runtime_dir / "metrics")
             (self.runtime_dir / "metrics").mkdir()
         self.metrics_dir = env["PROMETHEUS_MULTIPROC_DIR"]
-        self.listener = bind(settings.host, settings.port)
-        fd = self.listener.fileno()
+        self.listeners = bind(settings.host, settings.port, settings.workers)
         python = [sys.executable, "-m"]
         self.engine = Child("engine cpu" if settings.device == "cpu" else f"engine {settings.device}",
                             [*python, "service.engine"], env)
-        self.frontends = [Child(f"front-end {i}", [*python, "service.frontend", "--fd", str(fd)],
-                                {**env, "SERVE_FRONTEND_INDEX": str(i)}, pass_fds=(fd,))
-                          for i in range(settings.workers)]
+        self.frontends = [Child(f"front-end {i}", [*python, "service.frontend", "--fd", str(listener.fileno())],
+                                {**env, "SERVE_FRONTEND_INDEX": str(i)}, pass_fds=(listener.fileno(),))
+                          for i, listener in enumerate(self.listeners)]
         self.stopping = False
 
     @property
@@ -90,7 +91,7 @@ class Supervisor:
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
-        host, port = self.listener.getsockname()[:2]
+        host, port = self.listeners[0].getsockname()[:2]
         log.info("serving on http://%s:%d with %d front-ends and one engine", host, port, len(self.frontends))
         for child in self.children:
             child.start()
@@ -129,15 +130,34 @@ class Supervisor:
                     log.error("pid %d did not stop in time: killing it", process.pid)
                     process.kill()
                     process.wait()
-        self.listener.close()
+        for listener in self.listeners:
+            listener.close()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, count: int) -> list[socket.socket]:
+    """``count`` listening sockets on one port, one per front-end.
+
+    With one shared socket, whichever front-end wakes first accepts a whole burst of new connections
+    (asyncio accepts up to its backlog per wake-up), and keep-alive clients then stay on it: a benchmark
+    start once left one front-end with all 64 connections and the other idle. With ``SO_REUSEPORT`` the
+    kernel assigns each new connection to a socket by its address hash, so they spread evenly. The port
+    is first bound alone, so a port that another server holds (even with ``SO_REUSEPORT``) fails here.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((host, port))
-    listener.listen(2048)
-    listener.set_inheritable(True)
-    return listener
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))  # EADDRINUSE if taken; port 0 picks a free one for every socket below
+        port = probe.getsockname()[1]
+    spread = hasattr(socket, "SO_REUSEPORT")
+    listeners = []
+    for _ in range(count if spread else 1):
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if spread:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        listener.bind((host, port))
+        listener.listen(2048)
+        listener.set_inheritable(True)
+        listeners.append(listener)
+    return listeners * (1 if spread else count)  # without SO_REUSEPORT: one socket shared by all

@@ -103,6 +103,7 @@ class EngineClient:
         self.connected = address.startswith("inproc://")
         self.status: Status | None = None
         self._status_at = 0.0
+        self._heard = asyncio.Event()  # set by the first status: the models' readiness is known
         self.restarts = 0  # engine incarnations seen after the first
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -196,6 +197,15 @@ class EngineClient:
             self.restarts += 1
             log.warning("the engine restarted (pid %d)", status.pid)
         self.status, self._status_at = status, time.monotonic()
+        self._heard.set()
+
+    async def first_status(self, timeout_s: float) -> bool:
+        """Wait until the engine has told this front-end what it serves (False after ``timeout_s``)."""
+        try:
+            await asyncio.wait_for(self._heard.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
 
     async def _watch(self) -> None:
         while True:

@@ -31,6 +31,7 @@ from service.metrics import Metrics
 from service.settings import Settings
 
 log = logging.getLogger("service")
+FIRST_STATUS_TIMEOUT_S = 10.0  # how long a front-end waits for the engine before it serves anyway
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -54,6 +55,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             client = EngineClient(address, context)
             client.start()
             stack.push_async_callback(client.close)
+            # Accept no connection before the engine has said what it serves: a front-end restarted next to a
+            # running engine would otherwise refuse the requests queued on its socket as "not ready". An
+            # engine still starting answers within a second (its models' loading shows in readiness).
+            if not await client.first_status(FIRST_STATUS_TIMEOUT_S):
+                log.warning("no word from the engine at %s after %g s: serving, not ready", address,
+                            FIRST_STATUS_TIMEOUT_S)
             app.state.catalog = Catalog(settings, client)
             flusher = asyncio.create_task(flush_refusals(metrics), name="flush-refusals")
             try:
