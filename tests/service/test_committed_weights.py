@@ -44,7 +44,10 @@ def png(image: np.ndarray) -> bytes:
 @pytest.fixture(scope="module")
 def served() -> Iterator[TestClient]:
     served_models = [*TARGETS, *TEXT_TARGETS, FORECASTER, *LM_TARGETS, ANOMALY, GENERATOR, DIFFUSION]
-    settings = Settings(weights_dir=WEIGHTS, device="cpu", models=served_models, max_inputs_per_request=256)
+    # These tests judge accuracy, not speed: deadlines long enough for a slow CPU (a 250-sentence MiniLM request
+    # took over 10 s on a 2-core AVX2 machine, and 50 DDPM samples at 50 steps close to the model's 60 s).
+    settings = Settings(weights_dir=WEIGHTS, device="cpu", models=served_models, max_inputs_per_request=256,
+                        timeout_ms=600_000, model_overrides={DIFFUSION: {"timeout_ms": 600_000}})
     with TestClient(create_app(settings)) as client:
         wait_ready(client, timeout=60)
         yield client
@@ -88,6 +91,7 @@ def test_first_500_test_images_through_the_api(served: TestClient, name: str) ->
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("name", sorted(TARGETS))
 def test_full_test_set_accuracy_through_the_api(served: TestClient, name: str) -> None:
     dataset, target = TARGETS[name]
@@ -127,6 +131,7 @@ def test_first_200_dev_sentences_through_the_api(served: TestClient, name: str) 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("name", sorted(TEXT_TARGETS))
 def test_full_dev_set_accuracy_through_the_api(served: TestClient, name: str) -> None:
     accuracy = dev_accuracy_through_api(served, name)
@@ -243,6 +248,7 @@ def test_diffusion_samples_are_deterministic_pngs(served: TestClient) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_diffusion_samples_are_confidently_digits_judged_by_mnist_cnn_through_the_api(served: TestClient) -> None:
     """300 samples at the default steps (6 requests of 50), classified by the service's own mnist-cnn:
     at least 70% with a confidence of 0.9 or more, and at least 8 of the 10 digits among the first 100."""

@@ -173,7 +173,9 @@ def test_an_engine_killed_mid_traffic_fails_fast_and_comes_back(server: Server, 
     codes = {code for code, _ in outcomes}
     assert codes <= {200, 503}, codes
     assert 503 in codes and 200 in codes
-    assert max(seconds for _, seconds in outcomes) < 1.0  # nothing waited for its deadline
+    # Nothing waited for its 10 s deadline. (A slow 2-core machine, busy restarting the engine beside four
+    # client threads, once took 1.8 s to answer one refusal: the bound leaves room for that.)
+    assert max(seconds for _, seconds in outcomes) < 3.0
     [new_engine] = role_pids(server.process, "engine")
     assert new_engine != engine and recovery < 30, (time.monotonic() - killed_at)
     assert post_png(server.base, digit_png).json()["predictions"][0]["label"] is not None
