@@ -77,7 +77,7 @@ def prepare(name: str, module: nn.Module, checks: Sequence[Inputs], timing: Inpu
             if channels_last:
                 candidate = candidate.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             example = _channels_last(timing) if channels_last else timing
-            # strict=False: a language model's step returns its cache as a list of (keys, values) tuples
+            # strict=False: lets the tracer record mutable containers (a GPT step's cache: a list per layer)
             # check_trace=False: the checks below compare with eager at other shapes, which says more
             traced = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(
                 candidate, example, strict=False, check_trace=False)))
