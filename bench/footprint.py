@@ -30,14 +30,6 @@ def spec(name: str, *flags: str) -> servers.ServerSpec:
     return servers.ServerSpec(name, [*OURS, *flags], "/v2/health/ready", has_metrics=True)
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def memory(workers: int, logs: Path) -> float:
     """MiB over the tree, all models, once ready (and settled)."""
     with servers.started(spec(f"all-models-{workers}", "--workers", str(workers)), logs / f"memory-{workers}.log",
@@ -64,7 +56,7 @@ def loaded(png: Path, seconds: int, logs: Path) -> dict[str, float]:
         after = servers.http(server.base_url + "/metrics")[1].decode()
 
         def delta(name: str) -> float:
-            return metric(after, name, model="mnist-cnn") - metric(before, name, model="mnist-cnn")
+            return servers.metric(after, name, model="mnist-cnn") - servers.metric(before, name, model="mnist-cnn")
 
         batches = delta("serve_batch_size_count")
         return {"rps": result.rps, "cores": usage.cores, "mean_batch": delta("serve_batch_size_sum") / batches,

@@ -48,13 +48,8 @@ def batch_totals(base_url: str) -> tuple[float, float]:
     status, body = servers.http(base_url + "/metrics")
     if status != 200:
         raise RuntimeError(f"/metrics answered {status}")
-    totals = {"serve_batch_size_sum": 0.0, "serve_batch_size_count": 0.0}
-    for line in body.decode().splitlines():
-        name, _, value = line.rpartition(" ")
-        metric = name.split("{", 1)[0]
-        if metric in totals:
-            totals[metric] += float(value)
-    return totals["serve_batch_size_sum"], totals["serve_batch_size_count"]
+    text = body.decode()
+    return servers.metric(text, "serve_batch_size_sum"), servers.metric(text, "serve_batch_size_count")
 
 
 def run_server(spec: servers.ServerSpec, repeat: int, config: Config, png: Path, digits: list[samples.Sample],

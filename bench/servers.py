@@ -112,6 +112,17 @@ def predict(base_url: str, png: bytes) -> dict[str, Any]:
     return result
 
 
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of one metric's samples in Prometheus text (``/metrics``) whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{key}="{value}"' in line for key, value in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 @dataclass(frozen=True)
 class Server:
     base_url: str

@@ -9,17 +9,8 @@ import time
 import httpx
 from fastapi.testclient import TestClient
 
+from bench.servers import metric
 from tests.conftest import LiveServer
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{key}="{value}"' in line for key, value in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_prometheus_metrics(client: TestClient, digit_png: bytes) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.servers import metric
 from service.supervisor import Child
 from tests.conftest import free_port, make_artifact, make_lm_artifact
 
@@ -47,14 +48,6 @@ def role_pids(server: subprocess.Popen[bytes], role: str) -> list[int]:
     return [pid for pid, cmdline in children(server.pid).items() if f"-m service.{role}" in cmdline]
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 class Server:
     def __init__(self, weights: Path, *flags: str) -> None:
         self.port = free_port()
@@ -62,7 +55,8 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SERVE_", "PROMETHEUS_"))}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "--port", str(self.port), "--weights-dir", str(weights), "--device",
-             "cpu", "--log-level", "warning", *flags], cwd=REPO, env=env, start_new_session=True)
+             "cpu", "--log-level", "warning", "--prepare", "false", *flags], cwd=REPO, env=env,
+            start_new_session=True)  # no preparation: these test the processes (test_prepare tests that)
 
     def wait_ready(self, timeout: float = 60) -> float:
         started = time.monotonic()
@@ -239,7 +233,8 @@ def test_every_route_answers_across_the_boundary_as_in_process(weights_dir: Path
         ("get", "/v1/models/tiny-ddpm/samples?n=2&seed=5&steps=3&format=json", {}),
         ("post", "/v1/embeddings", {"json": {"model": "tiny-embedder", "input": ["a gripping film"]}}),
     ]
-    with TestClient(create_app(Settings(weights_dir=weights_dir, device="cpu", torch_threads=1))) as local:
+    settings = Settings(weights_dir=weights_dir, device="cpu", torch_threads=1, prepare=False)
+    with TestClient(create_app(settings)) as local:
         wait_ready(local)
         expected = [getattr(local, method)(path, **kwargs) for method, path, kwargs in requests]
     server = Server(weights_dir, "--workers", "2")
