@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
+from dataclasses import dataclass
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import ServeError, error_response
-from service.frontend.direct import direct_target, serve_direct
+from service.frontend.catalog import ServedModel
+from service.frontend.direct import serve_direct
 from service.frontend.predict import ARRIVAL_KEY
 from service.metrics import Metrics
 
@@ -27,7 +28,8 @@ class ServeMiddleware:
             await self.app(scope, receive, send)
             return
         scope[ARRIVAL_KEY] = started = time.monotonic()
-        if refusal := fast_refusal(scope):
+        requested = requested_model(scope)
+        if requested is not None and (refusal := fast_refusal(scope, requested)):
             await send({"type": "http.response.start", "status": 503, "headers": REFUSAL_HEADERS})
             await send({"type": "http.response.body", "body": refusal})
             self.metrics.count_refusal(scope["path_params"]["name"])  # counted, not timed: it took microseconds
@@ -54,10 +56,10 @@ class ServeMiddleware:
                 status["code"] = message["status"]
             await send(message)
 
-        direct = direct_target(scope)
+        direct = requested if requested is not None and requested.native_predict else None
         try:
             if direct is not None:  # the native predict route, without the framework's routing
-                await serve_direct(direct, scope, limited_receive, recording_send)
+                await serve_direct(direct.served, scope, limited_receive, recording_send)
             else:
                 await self.app(scope, limited_receive, recording_send)
         finally:
@@ -96,22 +98,46 @@ FAST_ROUTE = "refused before routing"  # the route label of these refusals in se
 REFUSAL_HEADERS = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
 
 
-def fast_refusal(scope: Scope) -> bytes | None:
-    """A 503 for an inference request whose model is full or not ready, decided from the path alone: under a
-    flood, refusals cost what a health probe costs, and the event loop stays free for admitted work. Whatever
-    this cannot decide (unknown model, bad version, missing API key) goes on to the routes, which answer it."""
-    match = INFERENCE_PATH.match(scope["path"])
-    if match is None or scope["method"] != ("GET" if scope["path"].endswith("/samples") else "POST"):
+@dataclass(frozen=True)
+class RequestedModel:
+    """The served model an inference request names in its path, looked up once for the middleware."""
+
+    served: ServedModel
+    native_predict: bool  # POST /v1/models/{name}[/versions/{version}]/predict
+    versioned: bool  # the path names a version
+
+    @property
+    def template(self) -> str:
+        """The native predict route's path template, for the request metrics."""
+        return "/v1/models/{name}/versions/{version}/predict" if self.versioned else "/v1/models/{name}/predict"
+
+
+def requested_model(scope: Scope) -> RequestedModel | None:
+    """The model of an inference route's request, or None: another route, or an unknown model or version (the
+    routes answer those with their 404)."""
+    path = scope["path"]
+    match = INFERENCE_PATH.match(path)
+    if match is None or scope["method"] != ("GET" if path.endswith("/samples") else "POST"):
         return None
-    state: Any = getattr(scope.get("app"), "state", None)
-    catalog, settings = getattr(state, "catalog", None), getattr(state, "settings", None)
-    if catalog is None or settings is None or settings.api_keys:  # keys: the routes check them first
+    catalog = getattr(getattr(scope.get("app"), "state", None), "catalog", None)
+    if catalog is None:
         return None
     try:
         served = catalog.get(match["name"], match["version"])
-    except ServeError:  # unknown model or version: the route answers the 404
+    except ServeError:
         return None
     scope["path_params"] = {"name": served.name}
+    return RequestedModel(served, path.startswith("/v1/") and path.endswith("/predict"), match["version"] is not None)
+
+
+def fast_refusal(scope: Scope, requested: RequestedModel) -> bytes | None:
+    """A 503 for an inference request whose model is full or not ready, decided from the path alone: under a
+    flood, refusals cost what a health probe costs, and the event loop stays free for admitted work. Whatever
+    this cannot decide (a missing API key) goes on to the routes, which answer it."""
+    settings = getattr(scope["app"].state, "settings", None)
+    if settings is None or settings.api_keys:  # keys: the routes check them first
+        return None
+    served = requested.served
     if not served.ready:
         return orjson.dumps({"error": f"model {served.name} v{served.version} is not ready ({served.status})",
                              "type": "unavailable"})
