@@ -76,7 +76,7 @@ def _generate(runtime: Any, prompt: list[int], rows: int, tokens: int) -> int:
     batch = runtime.join(None, [state for state, _ in runtime.prefill_many(histories)])
     for _ in range(tokens - 1):
         full = runtime.full_rows(batch)
-        refills = runtime.prefill_many([histories[row][-(runtime.context or 2) // 2 - 1:-1] for row in full])
+        refills = runtime.prefill_many([runtime.refill_ids(histories[row]) for row in full])
         for row, (state, _) in zip(full, refills, strict=True):
             batch = runtime.replace_row(batch, row, state)
         batch, _ = runtime.step(batch, [0] * rows)

@@ -181,7 +181,7 @@ class GenerationLoop(Scheduler):
         tokens: list[int] = []
         if staying:
             full = runtime.full_rows(self._batch)  # GPT rows at the end of their context: refill from the end
-            refills = runtime.prefill_many([staying[row].history[-(runtime.context or 2) // 2 - 1:-1] for row in full])
+            refills = runtime.prefill_many([runtime.refill_ids(staying[row].history) for row in full])
             for row, (state, _) in zip(full, refills, strict=True):
                 self._batch = runtime.replace_row(self._batch, row, state)
             self._batch, logits = runtime.step(self._batch, [s.pending for s in staying])  # type: ignore[misc]

@@ -65,6 +65,7 @@ class Runtime:
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
         self.module: Any = None
+        self.prepared: Any = None  # the forward that serves: the module until prepare_forward builds another
         self.device: Any = None
         self.dtype: Any = None
         self.forward_kind = "eager"  # what prepare_forward built, for the model's metadata
@@ -101,7 +102,7 @@ class Runtime:
     # -- engine half ---------------------------------------------------------------------------
     def attach(self, module: Any, device: torch.device, dtype: torch.dtype) -> None:
         """Take the loaded module onto the device (engine only)."""
-        self.module = module.to(device=device, dtype=dtype)
+        self.module = self.prepared = module.to(device=device, dtype=dtype)
         self.device, self.dtype = device, dtype
 
     def prepare_forward(self, max_batch_size: int) -> None:

@@ -81,7 +81,6 @@ class ForecasterRuntime(Runtime):
         import torch
 
         super().attach(module, device, torch.float32)  # recurrences over raw values stay in float32
-        self.prepared: Any = self.module  # eager until prepare_forward
 
     def prepare_forward(self, max_batch_size: int) -> None:
         """Checked on series of the training span's scale at three shapes, timed on a full batch of windows."""

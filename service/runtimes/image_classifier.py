@@ -34,11 +34,6 @@ class ImageRuntime(Runtime):
         self.shape = (int(channels), int(height), int(width))
         self.inputs = [TensorSpec("pixels", "FP32", [-1, *self.shape])]
         self.outputs: list[TensorSpec] = []
-        self.prepared: Any = None
-
-    def attach(self, module: Any, device: torch.device, dtype: torch.dtype) -> None:
-        super().attach(module, device, dtype)
-        self.prepared = self.module  # eager until prepare_forward
 
     def prepare_forward(self, max_batch_size: int) -> None:
         from service.engine.prepare import prepare_image_forward

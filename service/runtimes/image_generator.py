@@ -71,7 +71,6 @@ class _ImageOutputs(Runtime):
         import torch
 
         super().attach(module, device, torch.float32)  # exact bytes per seed: no half precision
-        self.prepared: Any = self.module  # eager until prepare_forward
 
     def sample_request(self, params: SampleParameters, seed: int) -> SampleRequest:
         """Check the parameters against this generator (400 when out of its bounds)."""

@@ -110,11 +110,10 @@ class LanguageModelRuntime(Runtime):
     # -- state (inference worker) ------------------------------------------------------------
     def attach(self, module: Any, device: torch.device, dtype: torch.dtype) -> None:
         super().attach(module, device, dtype)
-        self.stepper: Any = self.module  # the one-token step's forward; eager until prepare_forward
         if self.family == "gpt":
             from models.gpt import CachedStep
 
-            self.stepper = CachedStep(self.module)  # logits only: the cache is updated in place
+            self.prepared = CachedStep(self.module)  # the step's forward: logits only, the cache updated in place
 
     def prepare_forward(self, max_batch_size: int) -> None:
         """The decoding step (one token per row, with the cache), checked at 1, 3 and ``max_batch_size`` rows
@@ -138,9 +137,9 @@ class LanguageModelRuntime(Runtime):
             return ids, state
 
         checks = [inputs(1), inputs(3), inputs(max_batch_size)]
-        self.stepper = prepare(str(self.manifest.get("name")), self.stepper, checks, inputs(min(16, max_batch_size)),
+        self.prepared = prepare(str(self.manifest.get("name")), self.prepared, checks, inputs(min(16, max_batch_size)),
                                self.device, self.dtype)
-        self.forward_kind = self.stepper.description
+        self.forward_kind = self.prepared.description
 
     def prefill(self, ids: list[int]) -> tuple[Any, torch.Tensor]:
         """Run one prompt alone: its row state and the logits [V] for the next token."""
@@ -202,6 +201,11 @@ class LanguageModelRuntime(Runtime):
             return [(k.index_select(0, index), v.index_select(0, index)) for k, v in cache], lengths[index]
         return batch[0].index_select(1, index), batch[1].index_select(1, index)
 
+    def refill_ids(self, history: list[int]) -> list[int]:
+        """What a full GPT row is refilled from: the second half of its context, without the pending token
+        (the next step feeds it)."""
+        return history[-(self.context or 2) // 2 - 1:-1]
+
     def full_rows(self, batch: Any) -> list[int]:
         """Rows whose context is full (a GPT's next position would be past its block size)."""
         import torch
@@ -233,9 +237,9 @@ class LanguageModelRuntime(Runtime):
         ids = torch.tensor(tokens, device=self.device)[:, None]
         if self.family == "gpt":
             cache, lengths = batch
-            logits = self.stepper(ids, cache, lengths)  # writes the new keys and values into the cache
+            logits = self.prepared(ids, cache, lengths)  # writes the new keys and values into the cache
             return (cache, lengths + 1), logits[:, -1]
-        logits, state = self.stepper(ids, batch)
+        logits, state = self.prepared(ids, batch)
         return state, logits[:, -1]
 
     def warmup(self, max_batch_size: int) -> None:

@@ -91,10 +91,6 @@ class TextRuntime(Runtime):
                 raise InputError(index, "text is not valid UTF-8") from None
         return self.decode_text(raw, index)
 
-    def attach(self, module: Any, device: torch.device, dtype: torch.dtype) -> None:
-        super().attach(module, device, dtype)
-        self.prepared: Any = self.module  # eager until prepare_forward
-
     def prepare_forward(self, max_batch_size: int) -> None:
         """Checked at three shapes, each of another length and row count than the batch of 32-token inputs it
         is traced and timed on, so a shape baked into the trace fails the check."""
