@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="empty = open")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["text", "json"] = "text"
+    access_log: bool = Field(default=False, description="one structured log line per request: method, route, "
+                             "model, version, status, inputs, queue wait, forward time, total time, bytes in and out")
     model_overrides: dict[str, BatchingOverride] = Field(
         default_factory=dict, description='JSON, e.g. {"mnist-cnn": {"max_batch_size": 64}}')
 

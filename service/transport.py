@@ -31,6 +31,7 @@ class Submit(msgspec.Struct, tag="submit", array_like=True):
     version: int
     deadline: float  # time.monotonic() of the front-end's machine: absolute, counted from arrival
     payload: msgspec.Raw
+    request_id: str = ""  # the HTTP request's X-Request-ID, for the engine's log lines about it
 
 
 class Cancel(msgspec.Struct, tag="cancel", array_like=True):
@@ -46,6 +47,8 @@ class StatusQuery(msgspec.Struct, tag="status?", array_like=True):
 class Result(msgspec.Struct, tag="result", array_like=True):
     id: int
     payload: msgspec.Raw  # the runtime's results, in the order of the inputs
+    queue_s: float = 0.0  # for a batched model: the longest wait of its inputs before their forward
+    forward_s: float = 0.0  # and the longest forward that ran them
 
 
 class Failure(msgspec.Struct, tag="failure", array_like=True):

@@ -91,6 +91,16 @@ class _Item:
     deadline: float
     enqueued: float
     source: bytes = b""  # the front-end that sent it
+    forward_started: float = 0.0  # time.monotonic() when its forward began
+    forward_s: float = 0.0
+
+
+@dataclass
+class Timing:
+    """Where a request's time went in the batcher: the longest wait of its inputs, the longest forward."""
+
+    queue_s: float = 0.0
+    forward_s: float = 0.0
 
 
 def is_fatal(exc: BaseException) -> bool:
@@ -128,13 +138,14 @@ class Batcher(Scheduler):
         """Say that ``count`` inputs are on their way (decoding); ``submit`` or ``release`` ends it."""
         return Announcement(self, count)
 
-    async def submit(self, payloads: Sequence[Any], deadline: float,
-                     announcement: Announcement | None = None, source: bytes = b"") -> list[Any]:
+    async def submit(self, payloads: Sequence[Any], deadline: float, announcement: Announcement | None = None,
+                     source: bytes = b"", timing: Timing | None = None) -> list[Any]:
         """Queue the payloads; return their results in order. ``deadline`` is ``time.monotonic()`` based.
 
         Raises QueueFull at once when they don't fit, DeadlineExceeded when the deadline passes,
         ModelUnavailable when the batcher is dead, BatchFailed when their forward raised.
-        Cancelling the caller (the client went away) drops its items before their forward.
+        Cancelling the caller (the client went away) drops its items before their forward. ``timing``, if
+        given, gets where the time went.
         """
         if not self.alive:
             raise ModelUnavailable(self._dead_reason or "the model is not started")
@@ -156,7 +167,11 @@ class Batcher(Scheduler):
         futures = [item.future for item in items]
         try:
             async with asyncio.timeout_at(loop.time() + (deadline - now)):
-                return list(await asyncio.gather(*futures))
+                results = list(await asyncio.gather(*futures))
+            if timing is not None:
+                timing.queue_s = max(item.forward_started - item.enqueued for item in items)
+                timing.forward_s = max(item.forward_s for item in items)
+            return results
         except TimeoutError:
             raise DeadlineExceeded() from None
         finally:
@@ -263,7 +278,10 @@ class Batcher(Scheduler):
         results = self._run_batch([item.payload for item in live])
         if len(results) != len(live):
             raise RuntimeError(f"forward returned {len(results)} results for {len(live)} inputs")
-        return live, results, time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        for item in live:
+            item.forward_started, item.forward_s = now, seconds
+        return live, results, seconds
 
     def _deliver(self, forward: asyncio.Future[Any], *, items: list[_Item]) -> None:
         self._changed.set()

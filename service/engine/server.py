@@ -19,10 +19,11 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from service.engine.batcher import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull
+from service.engine.batcher import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull, Timing
 from service.engine.denoising_loop import DenoisingLoop
 from service.engine.generation_loop import GenerationLoop
 from service.engine.registry import Registry, ServedModel
+from service.request_context import REQUEST_ID
 from service.runtimes.language_model import Piece as TextPiece
 from service.transport import (
     Cancel,
@@ -109,6 +110,8 @@ class EngineServer:
         task.add_done_callback(lambda _: self._running.pop(key, None))
 
     async def _run(self, identity: bytes, submit: Submit, served: ServedModel | None) -> None:
+        REQUEST_ID.set(submit.request_id)  # this task's own context: its log lines carry the request's ID
+        timing = Timing()
         try:
             if served is None or not served.ready or served.scheduler is None:
                 status = served.status if served is not None else "not served by this engine"
@@ -121,13 +124,15 @@ class EngineServer:
             if isinstance(scheduler, DenoisingLoop):
                 results: list[Any] = [await scheduler.submit(payloads[0], submit.deadline)]
             else:
-                results = await scheduler.submit(payloads, submit.deadline, source=identity)
-            reply: FromEngine = Result(submit.id, PayloadCodec.encode(results))
+                results = await scheduler.submit(payloads, submit.deadline, source=identity, timing=timing)
+            reply: FromEngine = Result(submit.id, PayloadCodec.encode(results), timing.queue_s, timing.forward_s)
         except asyncio.CancelledError:
             raise  # the client went away: nobody waits for an answer
         except Exception as exc:
-            reply = failure(submit.id, exc)
-            if isinstance(reply, Failure) and reply.kind == "unavailable":
+            reply = failed = failure(submit.id, exc)
+            if isinstance(exc, BatchFailed):  # one line per request of the failed batch, with its ID
+                log.warning("%s v%d: the request failed: %s", submit.model, submit.version, exc)
+            if failed.kind == "unavailable":
                 # the front-end learns the new readiness before it answers this request's 503
                 await self._send(identity, self.status())
         await self._send(identity, reply)

@@ -24,6 +24,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from service.outcomes import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull
+from service.request_context import REQUEST_ID, note_engine_times, note_model
 from service.runtimes.language_model import Finished as TextFinished
 from service.runtimes.language_model import Piece as TextPiece
 from service.transport import (
@@ -132,29 +133,35 @@ class EngineClient:
         return self.status.models.get(f"{name}/{version}")
 
     # -- requests ---------------------------------------------------------------------------------
-    def _submit(self, model: str, version: int, deadline: float, payload: msgspec.Raw) -> int:
+    def _submit(self, model: str, version: int, deadline: float, payload: msgspec.Raw, inputs: int) -> int:
         if not self.up:
             raise ModelUnavailable("the engine is not running (restarting?)")
+        note_model(model, version, inputs)
         request_id = next(self._ids)
+        message = Submit(request_id, model, version, deadline, payload, REQUEST_ID.get())
         try:
-            self.socket.send(encode(Submit(request_id, model, version, deadline, payload)), flags=zmq.NOBLOCK)
+            self.socket.send(encode(message), flags=zmq.NOBLOCK)
         except zmq.Again:
             raise ModelUnavailable("the engine is not reachable") from None
         return request_id
 
-    async def call(self, model: str, version: int, deadline: float, payload: msgspec.Raw) -> msgspec.Raw:
-        """Run ``payload`` on the model; the engine's results (still encoded). Cancelling drops it there."""
-        request_id = self._submit(model, version, deadline, payload)
-        future: asyncio.Future[msgspec.Raw] = asyncio.get_running_loop().create_future()
+    async def call(self, model: str, version: int, deadline: float, payload: msgspec.Raw,
+                   inputs: int = 1) -> msgspec.Raw:
+        """Run ``payload`` (``inputs`` inputs) on the model; the engine's results (still encoded). Cancelling
+        drops it there."""
+        request_id = self._submit(model, version, deadline, payload, inputs)
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            return await future
+            result = await future
+            note_engine_times(result.queue_s, result.forward_s)
+            return result.payload
         finally:  # cancelled here (the client left) or not answered: the engine drops the request
             self.forget(request_id, cancel=future.cancelled() or not future.done())
 
     def stream(self, model: str, version: int, deadline: float, payload: msgspec.Raw, size: int) -> EngineStream:
         """Start a generation of at most ``size`` events."""
-        request_id = self._submit(model, version, deadline, payload)
+        request_id = self._submit(model, version, deadline, payload, 1)
         stream = EngineStream(self, request_id, size + 2)
         self._pending[request_id] = stream
         return stream
@@ -188,7 +195,7 @@ class EngineClient:
                     waiter.queue.put_nowait(event)
             elif not waiter.done():
                 if isinstance(message, Result):
-                    waiter.set_result(message.payload)
+                    waiter.set_result(message)
                 elif isinstance(message, Failure):
                     waiter.set_exception(failure_exception(message))
 

@@ -77,7 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.engine = None  # the in-process engine, when there is one
     install_error_handlers(app)
-    app.add_middleware(ServeMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(ServeMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
+                       access_log=settings.access_log)
     guarded = [Depends(require_api_key)]
     app.include_router(health.router)
     app.include_router(metrics_routes.router)

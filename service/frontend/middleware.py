@@ -1,8 +1,10 @@
-"""Pure ASGI middleware: arrival time, body size limit, request metrics (by route template), and the
-refusal of a request for a full or unready model before any routing, body or decoding."""
+"""Pure ASGI middleware: arrival time, request ID (``X-Request-ID``, kept or made), body size limit,
+request metrics (by route template), the access log (``SERVE_ACCESS_LOG``), and the refusal of a request
+for a full or unready model before any routing, body or decoding."""
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -15,30 +17,54 @@ from service.frontend.catalog import ServedModel
 from service.frontend.direct import serve_direct
 from service.frontend.predict import ARRIVAL_KEY
 from service.metrics import Metrics
+from service.request_context import ACCESS, REQUEST_ID, AccessRecord, accepted_request_id
+
+access_log = logging.getLogger("service.access")
 
 
 class ServeMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, access_log: bool = False) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        scope[ARRIVAL_KEY] = started = time.monotonic()
+        scope[ARRIVAL_KEY] = time.monotonic()
+        declared, presented_id = _headers_of_interest(scope)
+        request_id = accepted_request_id(presented_id)
+        record = AccessRecord(scope["method"]) if self.access_log else None
+        id_token, access_token = REQUEST_ID.set(request_id), ACCESS.set(record)
+        try:
+            await self._serve(scope, receive, send, declared, (b"x-request-id", request_id.encode()), record)
+        finally:
+            REQUEST_ID.reset(id_token)
+            ACCESS.reset(access_token)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, declared: int | None,
+                     id_header: tuple[bytes, bytes], record: AccessRecord | None) -> None:
+        started = scope[ARRIVAL_KEY]
         requested = requested_model(scope)
         if requested is not None and (refusal := fast_refusal(scope, requested)):
-            await send({"type": "http.response.start", "status": 503, "headers": REFUSAL_HEADERS})
+            await send({"type": "http.response.start", "status": 503, "headers": [*REFUSAL_HEADERS, id_header]})
             await send({"type": "http.response.body", "body": refusal})
             self.metrics.count_refusal(scope["path_params"]["name"])  # counted, not timed: it took microseconds
+            if record is not None:
+                record.bytes_out = len(refusal)
+                self._log_access(scope, record, 503, started, FAST_ROUTE, requested.served)
             return
         status = {"code": 500}
         limit = self.max_body_bytes
-        declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await self._reject_too_large(scope, receive, send, declared)
+            response = error_response(413, f"body of {declared} bytes exceeds the limit of {limit}", "too_large",
+                                      headers={"Connection": "close", "X-Request-ID": id_header[1].decode()})
+            await response(scope, receive, send)
+            self._record(scope, 413, 0.0)
+            if record is not None:
+                self._log_access(scope, record, 413, started, None, None)
             return
         received = 0
 
@@ -54,6 +80,9 @@ class ServeMiddleware:
         async def recording_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                message["headers"] = [*message.get("headers", ()), id_header]
+            elif record is not None and message["type"] == "http.response.body":
+                record.bytes_out += len(message.get("body", b""))
             await send(message)
 
         direct = requested if requested is not None and requested.native_predict else None
@@ -63,32 +92,48 @@ class ServeMiddleware:
             else:
                 await self.app(scope, limited_receive, recording_send)
         finally:
-            self._record(scope, status["code"], time.monotonic() - started,
-                         direct.template if direct is not None else None)
-
-    async def _reject_too_large(self, scope: Scope, receive: Receive, send: Send, declared: int) -> None:
-        response = error_response(413, f"body of {declared} bytes exceeds the limit of {self.max_body_bytes}",
-                                  "too_large", headers={"Connection": "close"})
-        await response(scope, receive, send)
-        self._record(scope, 413, 0.0)
+            template = direct.template if direct is not None else None
+            self._record(scope, status["code"], time.monotonic() - started, template)
+            if record is not None:
+                record.bytes_in = received
+                self._log_access(scope, record, status["code"], started, template,
+                                 requested.served if requested is not None else None)
 
     def _record(self, scope: Scope, status: int, seconds: float, template: str | None = None) -> None:
-        route = scope.get("route")
-        template = template or getattr(route, "path", None) or "unmatched"
+        template = template or _template(scope)
         model = str(scope.get("path_params", {}).get("name", ""))
         self.metrics.requests.labels(model, template, str(status)).inc()
         self.metrics.frontend_requests.labels(self.metrics.frontend).inc()
         self.metrics.request_seconds.labels(model, template, str(status)).observe(seconds)
 
+    @staticmethod
+    def _log_access(scope: Scope, record: AccessRecord, status: int, started: float, template: str | None,
+                    served: ServedModel | None) -> None:
+        record.route = template or _template(scope)
+        record.status = status
+        record.total_ms = round((time.monotonic() - started) * 1000, 3)
+        if not record.model and served is not None:  # refused or failed before it reached the engine
+            record.model, record.version = served.name, served.version
+        access_log.info("%s %s %d", record.method, record.route, status, extra={"access": record.as_dict()})
 
-def _content_length(scope: Scope) -> int | None:
+
+def _template(scope: Scope) -> str:
+    """The matched route's path template (not the path: it would make a label per model and input)."""
+    return getattr(scope.get("route"), "path", None) or "unmatched"
+
+
+def _headers_of_interest(scope: Scope) -> tuple[int | None, bytes | None]:
+    """Content-Length (None if absent or not a number) and X-Request-ID, in one pass over the headers."""
+    length = request_id = None
     for key, value in scope.get("headers", []):
         if key == b"content-length":
             try:
-                return int(value)
+                length = int(value)
             except ValueError:
-                return None
-    return None
+                length = None
+        elif key == b"x-request-id":
+            request_id = value
+    return length, request_id
 
 
 # The inference routes that name their model in the path: native, KServe V1, V2, generate, samples.

@@ -117,7 +117,8 @@ async def infer(request: Request, served: ServedModel, payloads: list[Any], time
     deadline = arrival_time(request) + timeout_s
     with engine_errors(served, timeout_s):
         raw = await until_disconnect(
-            request, served.engine.call(served.name, served.version, deadline, PayloadCodec.encode(payloads)))
+            request, served.engine.call(served.name, served.version, deadline, PayloadCodec.encode(payloads),
+                                       len(payloads)))
     return list(served.payload_codec.decode(raw))
 
 
