@@ -3,7 +3,8 @@ generation loop, and turn its events into a whole answer or a stream; errors bec
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -97,26 +98,50 @@ def language_model(registry: Catalog, name: str, version: str | None = None) -> 
     return served
 
 
-def start(request: Request, served: ServedModel, registry: Catalog, settings: Settings,
-          params: GenerateParams) -> Generation:
+def generation_request(request: Request, served: ServedModel, registry: Catalog, settings: Settings,
+                       params: GenerateParams) -> GenerationRequest:
+    """One generation's bounds checked and its prompt encoded (400 if either fails); nothing started yet."""
     if len(params.prompt) > settings.max_prompt_chars:
         raise ServeError(400, f"prompt of {len(params.prompt)} characters exceeds {settings.max_prompt_chars}",
                          "invalid_input")
     if params.max_tokens > settings.max_new_tokens:
         raise ServeError(400, f"max_tokens {params.max_tokens} exceeds the limit of {settings.max_new_tokens}",
                          "invalid_input")
-    generation_request = GenerationRequest(
+    return GenerationRequest(
         prompt_ids=served.runtime.encode_prompt(params.prompt), max_tokens=params.max_tokens,
         sampling=Sampling(params.temperature, params.top_k, params.top_p), seed=params.seed, stop=params.stop,
         deadline=arrival_time(request) + registry.timeout_s(served))
-    permit = served.admission.take(served.name, 1)
+
+
+def start(request: Request, served: ServedModel, registry: Catalog, settings: Settings,
+          params: GenerateParams) -> Generation:
+    [generation] = start_all(request, served, registry, settings, [params])
+    return generation
+
+
+def start_all(request: Request, served: ServedModel, registry: Catalog, settings: Settings,
+              params: Sequence[GenerateParams]) -> list[Generation]:
+    """Start a request's generations, all or none: every prompt is checked and every place in the queue
+    taken before the first one starts, and if one cannot start, those started are cancelled."""
+    requests = [generation_request(request, served, registry, settings, p) for p in params]
+    permits: list[Permit] = []
+    streams: list[EngineStream] = []
     try:
-        stream = served.engine.stream(served.name, served.version, generation_request.deadline,
-                                      PayloadCodec.encode([generation_request]), params.max_tokens)
-    except ModelUnavailable as exc:
-        permit.release()
-        raise ServeError(503, f"model {served.name} is not available: {exc}", headers={"Retry-After": "1"}) from None
-    return Generation(stream, permit)
+        for _ in requests:
+            permits.append(served.admission.take(served.name, 1))
+        for prepared in requests:
+            streams.append(served.engine.stream(served.name, served.version, prepared.deadline,
+                                                PayloadCodec.encode([prepared]), prepared.max_tokens))
+    except Exception as exc:
+        for stream in streams:
+            stream.cancel()
+        for permit in permits:
+            permit.release()
+        if isinstance(exc, ModelUnavailable):
+            raise ServeError(503, f"model {served.name} is not available: {exc}",
+                             headers={"Retry-After": "1"}) from None
+        raise
+    return [Generation(stream, permit) for stream, permit in zip(streams, permits, strict=True)]
 
 
 def events(generation: Generation) -> AsyncIterator[Piece | Finished]:
@@ -124,18 +149,42 @@ def events(generation: Generation) -> AsyncIterator[Piece | Finished]:
     return generation.events()
 
 
+async def _gather(generation: Generation) -> Completion:
+    pieces = []
+    async for event in events(generation):
+        if isinstance(event, Piece):
+            pieces.append(event.text)
+        else:
+            return Completion("".join(pieces), event.tokens, event.prompt_tokens, event.reason)
+    raise ServeError(503, "the generation ended without finishing")
+
+
 async def collect(request: Request, generation: Generation) -> Completion:
     """The whole completion; a client that disconnects meanwhile stops its generation."""
-    async def gather() -> Completion:
-        pieces = []
-        async for event in events(generation):
-            if isinstance(event, Piece):
-                pieces.append(event.text)
-            else:
-                return Completion("".join(pieces), event.tokens, event.prompt_tokens, event.reason)
-        raise ServeError(503, "the generation ended without finishing")
+    [completion] = await collect_all(request, [generation])
+    return completion
+
+
+async def collect_all(request: Request, generations: Sequence[Generation]) -> list[Completion]:
+    """Every completion of a request, in order, decoded together. The first that fails fails the request
+    and the others are cancelled (the engine drops them), as they are when the client disconnects: none
+    goes on decoding to its ``max_tokens`` for an answer nobody will read."""
+    async def gather_all() -> list[Completion]:
+        tasks = [asyncio.ensure_future(_gather(generation)) for generation in generations]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in tasks:  # the failure of the first prompt among those that failed
+                error = task.exception() if task in done else None
+                if error is not None:
+                    raise error
+            return [task.result() for task in tasks]
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     try:
-        return await until_disconnect(request, gather())
+        return await until_disconnect(request, gather_all())
     finally:
-        generation.close()
+        for generation in generations:
+            generation.close()

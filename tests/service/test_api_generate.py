@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -135,3 +136,46 @@ def test_openai_completions(live_server: LiveServer) -> None:
         client.completions.create(model="tiny-gpt", prompt="x", max_tokens=3, n=2)
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="nope", prompt="x")
+
+
+def _running(client: TestClient, model: str) -> tuple[int, int, int]:
+    """(generations decoding, generations waiting in the engine, places held at the front-end) for ``model``."""
+    scheduler = client.app.state.engine.registry.get(model, 1).scheduler  # type: ignore[attr-defined]
+    admission = client.app.state.catalog.get(model).admission  # type: ignore[attr-defined]
+    return len(scheduler._active), scheduler.depth, admission.in_flight
+
+
+def _settles(client: TestClient, model: str, within_s: float) -> tuple[int, int, int]:
+    deadline = time.monotonic() + within_s
+    while _running(client, model) != (0, 0, 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return _running(client, model)
+
+
+@pytest.mark.parametrize("prompts,status", [
+    (["a", "b", "c", "d"], 503),  # a fourth place is one more than the model takes (queue full)
+    (["a", "b", "x" * 20_000], 400),  # the last prompt exceeds max_prompt_chars
+    (["a", "b", "the €"], 400),  # the last prompt has a character the model does not know
+])
+def test_completions_a_prompt_that_cannot_start_leaves_nothing_running(
+        make_client: Callable[..., TestClient], prompts: list[str], status: int) -> None:
+    client = make_client(max_batch_size=2, max_queue=1, max_new_tokens=100_000)  # room for 3 generations
+    response = client.post("/v1/completions", json={"model": "tiny-gpt", "prompt": prompts, "max_tokens": 100_000})
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["message"]
+    # no generation of the request goes on decoding to its 100000 tokens, and its places are free again
+    assert _settles(client, "tiny-gpt", within_s=2.0) == (0, 0, 0)
+    assert client.post("/v1/completions", json={"model": "tiny-gpt", "prompt": ["a", "b", "c"],
+                                                "max_tokens": 2}).status_code == 200
+
+
+def test_completions_a_prompt_that_fails_cancels_the_others(make_client: Callable[..., TestClient]) -> None:
+    # One generation decodes at a time: "a" runs, "b" waits in the engine until the request's deadline
+    # passes (504). "a", asked for 100000 tokens, must then be dropped, not decoded to the end.
+    client = make_client(max_batch_size=1, timeout_ms=500, max_new_tokens=100_000)
+    started = time.monotonic()
+    response = client.post("/v1/completions", json={"model": "tiny-gpt", "prompt": ["a", "b"], "max_tokens": 100_000})
+    assert response.status_code == 504, response.text
+    assert response.json()["error"]["type"] == "timeout"
+    assert time.monotonic() - started < 5  # answered at the failure, not after "a"'s 100000 tokens
+    assert _settles(client, "tiny-gpt", within_s=2.0) == (0, 0, 0)

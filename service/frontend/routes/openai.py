@@ -150,10 +150,10 @@ async def completions(request: Request, catalog: CatalogDep, settings: SettingsD
     identity = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": served.name}
     temperature = 1.0 if body.temperature is None else body.temperature
-    runs = [generation.start(request, served, catalog, settings, generation.GenerateParams(
-        prompt, body.max_tokens or 16, temperature, None, body.top_p or 1.0, body.seed, stop)) for prompt in prompts]
+    runs = generation.start_all(request, served, catalog, settings, [generation.GenerateParams(
+        prompt, body.max_tokens or 16, temperature, None, body.top_p or 1.0, body.seed, stop) for prompt in prompts])
     if not body.stream:
-        done = [await generation.collect(request, run) for run in runs]
+        done = await generation.collect_all(request, runs)
         choices = [{"text": d.text, "index": i, "logprobs": None, "finish_reason": d.finish_reason}
                    for i, d in enumerate(done)]
         usage = _usage(sum(d.prompt_tokens for d in done), sum(d.tokens for d in done))
