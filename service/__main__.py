@@ -7,12 +7,14 @@ Every flag is a setting (``--port 9000`` is ``SERVE_PORT=9000``); flags win over
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 
 from pydantic import ValidationError
 
 from service.logging_setup import configure_logging
-from service.settings import Settings
+from service.settings import Settings, unknown_settings
 from service.supervisor import Supervisor
 
 
@@ -31,6 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValidationError as exc:
         raise SystemExit(f"invalid settings:\n{exc}") from None
     configure_logging(settings.log_level, settings.log_format)
+    for warning in unknown_settings(os.environ):  # here only: the processes it starts read the same variables
+        logging.getLogger("service").warning(warning)
     if settings.in_process:
         import uvicorn
 

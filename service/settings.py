@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -117,3 +119,24 @@ class Settings(BaseSettings):
         if self.torch_threads:
             return self.torch_threads
         return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+# SERVE_* variables that are read elsewhere, not settings: the training data's root (training/data.py) and
+# docker compose's own (the published port, the build network).
+NOT_SETTINGS = frozenset({"SERVE_DATA_DIR", "SERVE_PUBLISHED_PORT", "SERVE_BUILD_NETWORK"})
+
+
+def unknown_settings(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``SERVE_*`` variable that names no setting, with the setting it was likely meant
+    to be: pydantic-settings ignores such a variable, so a misspelt one would silently leave its setting
+    at the default. Names are matched as pydantic-settings matches them, without regard to case."""
+    prefix = str(Settings.model_config.get("env_prefix", "")).upper()
+    fields = sorted(name.upper() for name in Settings.model_fields)
+    warnings = []
+    for variable in sorted(environ):
+        name = variable.upper()
+        if name.startswith(prefix) and name[len(prefix):] not in fields and name not in NOT_SETTINGS:
+            close = difflib.get_close_matches(name[len(prefix):], fields, n=1)  # the prefix would match them all
+            hint = f"did you mean {prefix}{close[0]}?" if close else "python -m service --help lists the settings"
+            warnings.append(f"{variable} is not a setting and is ignored; {hint}")
+    return warnings
