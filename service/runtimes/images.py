@@ -41,7 +41,10 @@ def decode_image(data: bytes, index: int, size: tuple[int, int], max_pixels: int
                 gray = gray.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     except InputError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # Pillow's own bound on the
+        # pixels, checked from the header as ours is: it decides only where SERVE_MAX_IMAGE_PIXELS is above it
+        raise InputError(index, f"image too large to decode: {exc}", status=413) from exc
+    except UnidentifiedImageError as exc:
         raise InputError(index, f"not a readable image ({exc.__class__.__name__})") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InputError(index, f"corrupt or truncated image: {exc}") from exc

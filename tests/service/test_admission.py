@@ -11,6 +11,7 @@ from PIL import Image
 
 from service.frontend.admission import Admission, share
 from service.frontend.predict import INLINE_DECODE_UNITS, decoded_size
+from service.runtimes.image_generator import SampleRequest
 from service.serving import ServingConfig
 
 
@@ -75,6 +76,8 @@ def test_decoding_cost_is_judged_by_pixels_not_bytes() -> None:
     assert decoded_size(png(28, 28)) == 784  # decodes inline
     assert decoded_size("a sentence") == 10
     assert decoded_size(np.zeros((1, 28, 28), np.float32)) == 784
+    assert decoded_size([1.0] * 120) == 120  # a series
+    assert decoded_size(SampleRequest(n=64, seed=0, label=None)) == 0  # nothing to decode: no thread hop
     assert decoded_size(b"not an image") == len(b"not an image")
     jpeg = io.BytesIO()
     Image.new("L", (300, 200)).save(jpeg, format="JPEG")
