@@ -38,10 +38,13 @@ def main(argv: list[str] | None = None) -> None:
     if settings.in_process:
         import uvicorn
 
+        from service.frontend.drain import DrainingServer
         from service.frontend.main import create_app
 
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                    log_config=None, access_log=False, timeout_graceful_shutdown=10)
+        app = create_app(settings)
+        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                                log_config=None, access_log=False, timeout_keep_alive=30)
+        DrainingServer(config, app, settings).run()  # the same drain on SIGTERM as the front-end processes
         return
     Supervisor(settings, overrides).run()
 

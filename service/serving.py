@@ -71,3 +71,27 @@ def build_runtime(manifest: dict[str, Any], path: Path, settings: Settings) -> A
     if runtime is None:
         raise RuntimeError(f"no runtime for task {manifest.get('task')!r}")
     return runtime(manifest, DecodeLimits(settings.max_image_pixels), tokenizer=load_tokenizer(path, manifest))
+
+
+ABORT_MARGIN_S = 5.0  # at the end of a drain, how long the 503s of what is left may take to be written
+
+
+def grace_s(settings: Settings, deadlines_s: list[float]) -> float:
+    """How long a drain lets the work in flight finish: ``SERVE_DRAIN_GRACE_S``, or the longest model deadline
+    plus 5 s (shared by the front-ends, the engine and the supervisor, so they agree)."""
+    if settings.drain_grace_s is not None:
+        return settings.drain_grace_s
+    return max(deadlines_s, default=settings.timeout_ms / 1000) + 5.0
+
+
+def drain_deadlines_s(settings: Settings) -> list[float]:
+    """Every served model's deadline, from the manifests (for the supervisor, which loads no model)."""
+    from models.artifact import read_manifest
+
+    deadlines = []
+    for name, _, path in discover(settings.weights_dir, settings.models):
+        try:
+            deadlines.append(serving_config(settings, name, read_manifest(path)).timeout_s)
+        except Exception:  # an unreadable manifest: the engine reports it; its deadline is the default
+            deadlines.append(settings.timeout_ms / 1000)
+    return deadlines

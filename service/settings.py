@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     access_log: bool = Field(default=False, description="one structured log line per request: method, route, "
                              "model, version, status, inputs, queue wait, forward time, total time, bytes in and out")
+    drain_delay_s: float = Field(default=5.0, ge=0, le=600, description="on SIGTERM: readiness turns false at "
+                                 "once and requests are still accepted this long, while load balancers notice; "
+                                 "SIGINT skips it")
+    drain_grace_s: float | None = Field(default=None, gt=0, le=3600, description="then the work in flight, streams "
+                                        "included, gets this long to finish before what is left is failed with "
+                                        "503; unset = the longest model deadline + 5 s")
     model_overrides: dict[str, BatchingOverride] = Field(
         default_factory=dict, description='JSON, e.g. {"mnist-cnn": {"max_batch_size": 64}}')
 

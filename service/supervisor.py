@@ -10,6 +10,7 @@ that lived 30 s starts from the shortest wait.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -24,12 +25,14 @@ from pathlib import Path
 
 from prometheus_client import multiprocess
 
+from service.serving import ABORT_MARGIN_S, drain_deadlines_s, grace_s
 from service.settings import Settings
 
 log = logging.getLogger("service.supervisor")
 FIRST_BACKOFF_S = 0.25
 MAX_BACKOFF_S = 10.0
 HEALTHY_AFTER_S = 30.0
+REPEAT_AFTER_S = 1.0  # a signal sooner than this after the first is the first delivered twice (a process group's)
 
 
 @dataclass
@@ -83,6 +86,9 @@ class Supervisor:
                                 {**env, "SERVE_FRONTEND_INDEX": str(i)}, pass_fds=(listener.fileno(),))
                           for i, listener in enumerate(self.listeners)]
         self.stopping = False
+        self.stop_signal: int = signal.SIGTERM
+        self.stop_at = 0.0
+        self.abort_requested = False
 
     @property
     def children(self) -> list[Child]:
@@ -114,24 +120,44 @@ class Supervisor:
                 child.start()
 
     def _stop(self, signum: int, frame: object) -> None:
-        self.stopping = True
+        now = time.monotonic()
+        if not self.stopping:
+            self.stopping, self.stop_signal, self.stop_at = True, signum, now
+        elif now - self.stop_at >= REPEAT_AFTER_S:  # a second request to stop (not the first, delivered twice)
+            self.abort_requested = True
 
     def _shutdown(self) -> None:
-        """Front-ends first (they finish their requests), then the engine; then clean up."""
-        for group in (self.frontends, [self.engine]):
+        """The drain: the front-ends get the signal (readiness false at once; they accept for SERVE_DRAIN_DELAY_S
+        more, then close their sockets and finish their requests within the grace period), then the engine
+        (which finished their work). A second signal is passed on: the front-ends fail what is left with 503s."""
+        for listener in self.listeners:  # the front-ends hold their own descriptors: when they close them,
+            listener.close()  # the port stops accepting
+        settings = self.settings
+        delay = 0.0 if self.stop_signal == signal.SIGINT else settings.drain_delay_s
+        grace = grace_s(settings, drain_deadlines_s(settings))
+        log.info("draining: %d front-ends accept for %.1f s more and finish their work within %.1f s",
+                 len(self.frontends), delay, grace)
+        started = time.monotonic()
+        # a front-end fails what is left at delay + grace; the engine stops once they are gone
+        for group, limit in ((self.frontends, delay + grace + ABORT_MARGIN_S + 5), ([self.engine], 15.0)):
             running = [child.process for child in group if child.process and child.process.poll() is None]
             for process in running:
-                process.terminate()
-            deadline = time.monotonic() + 15
+                process.send_signal(self.stop_signal)
+            passed_on, signalled = False, time.monotonic()
+            while any(process.poll() is None for process in running) and time.monotonic() - signalled < limit:
+                if self.abort_requested and not passed_on:
+                    log.warning("a second signal: the front-ends fail what is left with 503")
+                    for process in running:
+                        with contextlib.suppress(ProcessLookupError):
+                            process.send_signal(signal.SIGTERM)
+                    passed_on = True
+                time.sleep(0.05)
             for process in running:
-                try:
-                    process.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
+                if process.poll() is None:
                     log.error("pid %d did not stop in time: killing it", process.pid)
                     process.kill()
                     process.wait()
-        for listener in self.listeners:
-            listener.close()
+        log.info("drained in %.1f s", time.monotonic() - started)
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
 

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 
 import torch
 import zmq
@@ -18,6 +19,7 @@ from service.engine.registry import Registry
 from service.engine.server import EngineServer
 from service.logging_setup import configure_logging
 from service.metrics import Metrics
+from service.serving import ABORT_MARGIN_S, grace_s
 from service.settings import Settings
 
 log = logging.getLogger("service.engine")
@@ -44,12 +46,24 @@ class InProcessEngine:
                        asyncio.create_task(self.server.announce_changes(), name="engine-announce")]
         self._tasks[0].add_done_callback(_crash_on_exit)
 
+    async def drain(self, timeout_s: float) -> None:
+        """Wait, at most ``timeout_s``, until no front-end is connected and no request is running: the engine
+        outlives its front-ends' drain even when a signal reached every process at once (Ctrl-C, a process
+        group's SIGTERM)."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end and (self.server.frontends_connected() or self.server.in_flight):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # (a front-end's silence is no event: poll)
+        if self.server.in_flight:
+            log.error("drain: %d requests still running after %.1f s: stopping them", self.server.in_flight,
+                      timeout_s)
+
     async def stop(self) -> None:
         self._tasks[0].remove_done_callback(_crash_on_exit)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.registry.close()
+        await self.server.finish()
         self.socket.close(linger=0)
 
 
@@ -75,6 +89,8 @@ async def serve(settings: Settings) -> None:
     log.info("engine %d serving on %s", os.getpid(), settings.engine_address)
     await stop.wait()
     watcher.cancel()
+    deadlines = [served.config.timeout_s for served in engine.registry.all() if served.config is not None]
+    await engine.drain(settings.drain_delay_s + grace_s(settings, deadlines) + ABORT_MARGIN_S)
     await engine.stop()
     engine.metrics.process_exit()
     context.term()

@@ -86,6 +86,22 @@ class EngineServer:
             else:
                 self._start(identity.bytes, message)
 
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def frontends_connected(self) -> int:
+        """Front-ends that asked for the status within the last second (each asks every 0.2 s while it runs)."""
+        now = time.monotonic()
+        return sum(1 for heard in self._heard_from.values() if now - heard < FRONTEND_SILENT_AFTER_S)
+
+    async def finish(self) -> None:
+        """Stop the request tasks still running (their schedulers failed them already), before the socket closes."""
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def status(self, request_id: int = 0) -> Status:
         for served in self.registry.all():  # readiness can change without an event (a scheduler dies)
             self.registry.metrics.loaded.labels(served.name, str(served.version)).set(1 if served.ready else 0)
@@ -96,8 +112,8 @@ class EngineServer:
         now = time.monotonic()
         for identity in [i for i, heard in self._heard_from.items() if now - heard > 60]:
             del self._heard_from[identity]  # a front-end gone for good (restarted under a new identity)
-        frontends = sum(1 for heard in self._heard_from.values() if now - heard < FRONTEND_SILENT_AFTER_S)
-        return Status(request_id, os.getpid(), self.started_at, self.registry.loading_done, models, frontends)
+        return Status(request_id, os.getpid(), self.started_at, self.registry.loading_done, models,
+                      self.frontends_connected())
 
     async def _send(self, identity: bytes, message: FromEngine) -> None:
         await self.socket.send_multipart([identity, encode(message)])

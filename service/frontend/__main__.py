@@ -12,6 +12,7 @@ import time
 
 import uvicorn
 
+from service.frontend.drain import DrainingServer
 from service.frontend.main import app_from_environment
 
 
@@ -34,9 +35,8 @@ def main() -> None:
     # Nagle's algorithm on for TCP connections: 40 ms stalls on small answers).
     listener = socket.socket(fileno=args.fd)
     config = uvicorn.Config(app, log_level=settings.log_level, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=10,
                             timeout_keep_alive=30)  # longer than clients keep idle connections: no reset on reuse
-    uvicorn.Server(config).run(sockets=[listener])
+    DrainingServer(config, app, settings).run(sockets=[listener])
 
 
 if __name__ == "__main__":

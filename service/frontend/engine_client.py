@@ -106,6 +106,7 @@ class EngineClient:
         self._status_at = 0.0
         self._heard = asyncio.Event()  # set by the first status: the models' readiness is known
         self.restarts = 0  # engine incarnations seen after the first
+        self.refusing: str | None = None  # set when draining ran out of time: every request is refused
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -127,6 +128,20 @@ class EngineClient:
         """Connected, and the engine answered a status query lately."""
         return self.connected and time.monotonic() - self._status_at < STALE_AFTER_S
 
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def refuse_all(self, reason: str) -> None:
+        """Fail every request in flight, and every later one, with ``ModelUnavailable`` (503): the end of a drain."""
+        self.refusing = reason
+        request_ids = list(self._pending)
+        self._fail_all(ModelUnavailable(reason))
+        for request_id in request_ids:  # the engine drops them too, rather than run them to the end
+            if self.connected:
+                with contextlib.suppress(zmq.ZMQError):
+                    self.socket.send(encode(Cancel(request_id)), flags=zmq.NOBLOCK)
+
     def model_status(self, name: str, version: int) -> ModelStatus | None:
         if not self.up or self.status is None:
             return None
@@ -134,6 +149,8 @@ class EngineClient:
 
     # -- requests ---------------------------------------------------------------------------------
     def _submit(self, model: str, version: int, deadline: float, payload: msgspec.Raw, inputs: int) -> int:
+        if self.refusing:
+            raise ModelUnavailable(self.refusing)
         if not self.up:
             raise ModelUnavailable("the engine is not running (restarting?)")
         note_model(model, version, inputs)

@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.engine = None  # the in-process engine, when there is one
+    app.state.draining = False  # set on SIGTERM (service/frontend/drain.py): readiness turns false
     install_error_handlers(app)
     app.add_middleware(ServeMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                        access_log=settings.access_log)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -49,14 +50,14 @@ def role_pids(server: subprocess.Popen[bytes], role: str) -> list[int]:
 
 
 class Server:
-    def __init__(self, weights: Path, *flags: str) -> None:
+    def __init__(self, weights: Path, *flags: str, stderr: Any = None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SERVE_", "PROMETHEUS_"))}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "--port", str(self.port), "--weights-dir", str(weights), "--device",
-             "cpu", "--log-level", "warning", "--prepare", "false", *flags], cwd=REPO, env=env,
-            start_new_session=True)  # no preparation: these test the processes (test_prepare tests that)
+             "cpu", "--log-level", "warning", "--prepare", "false", "--drain-delay-s", "0", *flags], cwd=REPO, env=env,
+            stderr=stderr, start_new_session=True)  # no preparation: these test the processes (test_prepare tests that)
 
     def wait_ready(self, timeout: float = 60) -> float:
         started = time.monotonic()

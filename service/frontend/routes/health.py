@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from service.frontend.routes.deps import CatalogDep
 from service.responses import JSONResponse
@@ -16,7 +16,10 @@ async def live() -> JSONResponse:
 
 
 @router.get("/v2/health/ready", summary="The engine is up and every configured model is loaded, warmed and alive")
-async def ready(catalog: CatalogDep) -> JSONResponse:
+async def ready(request: Request, catalog: CatalogDep) -> JSONResponse:
+    if request.app.state.draining:
+        return JSONResponse({"ready": False, "error": "not ready: draining, the server is shutting down",
+                             "type": "unavailable", "models": {}}, status_code=503)
     if catalog.ready:
         return JSONResponse({"ready": True})
     waiting = {f"{s.name}/{s.version}": s.status for s in catalog.all() if not s.ready}
