@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     drain_grace_s: float | None = Field(default=None, gt=0, le=3600, description="then the work in flight, streams "
                                         "included, gets this long to finish before what is left is failed with "
                                         "503; unset = the longest model deadline + 5 s")
+    watchdog_floor_s: float = Field(default=10.0, ge=0, description="a forward or loop step that runs past this "
+                                    "and past watchdog_multiple times its moving average counts as a hung engine, "
+                                    "which is restarted; 0 = no watchdog")
+    watchdog_multiple: float = Field(default=20.0, ge=1)
     model_overrides: dict[str, BatchingOverride] = Field(
         default_factory=dict, description='JSON, e.g. {"mnist-cnn": {"max_batch_size": 64}}')
 

@@ -126,6 +126,7 @@ class Batcher(Scheduler):
         self._changed = asyncio.Event()  # an item arrived or the forward finished
         self._running: asyncio.Future[Any] | None = None
         self._closed: list[_Item] = []  # a batch waiting for the running forward to finish
+        self._forwarding: list[_Item] = []  # the batch of the running forward
         self._incoming = 0  # announced inputs still being decoded
         self._batch_seconds_ema = 0.0
 
@@ -250,7 +251,7 @@ class Batcher(Scheduler):
             except RuntimeError as exc:  # the executor was shut down: nothing can run any more
                 self._die(f"inference thread is gone: {exc}", live)
                 return
-            self._running = forward
+            self._running, self._forwarding = forward, live
             forward.add_done_callback(functools.partial(self._deliver, items=live))
 
     def _purge_batch(self, batch: list[_Item]) -> None:
@@ -309,7 +310,7 @@ class Batcher(Scheduler):
                 item.future.set_result(result)
 
     def _fail_pending(self, error: BaseException, extra: list[Any] | None = None) -> None:
-        for item in [*(extra or []), *self._closed, *self._queue]:
+        for item in [*(extra or []), *self._forwarding, *self._closed, *self._queue]:
             if not item.future.done():
                 item.future.set_exception(error)
         self._queue.clear()

@@ -17,25 +17,35 @@ import zmq.asyncio
 
 from service.engine.registry import Registry
 from service.engine.server import EngineServer
+from service.engine.watchdog import Watchdog
 from service.logging_setup import configure_logging
 from service.metrics import Metrics
 from service.serving import ABORT_MARGIN_S, grace_s
 from service.settings import Settings
 
 log = logging.getLogger("service.engine")
+HUNG_EXIT_CODE = 75  # EX_TEMPFAIL: the watchdog found the inference thread hung
 
 
 class InProcessEngine:
-    def __init__(self, settings: Settings, metrics: Metrics, context: zmq.asyncio.Context, address: str) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, context: zmq.asyncio.Context, address: str,
+                 exit_on_hang: bool = False) -> None:
         self.settings = settings
         self.metrics = metrics
         self.context = context
         self.address = address
+        self.exit_on_hang = exit_on_hang  # an engine process exits (its supervisor restarts it)
         self._tasks: list[asyncio.Task[None]] = []
+        self.watchdog: Watchdog | None = None
 
     async def start(self) -> None:
         torch.set_num_threads(self.settings.resolved_torch_threads())
-        self.registry = Registry(self.settings, self.metrics)
+        if self.settings.watchdog_floor_s > 0:
+            self.watchdog = Watchdog(self.settings.watchdog_floor_s, self.settings.watchdog_multiple,
+                                     self._on_hang)
+            self.watchdog.start()
+        self.registry = Registry(self.settings, self.metrics, self.watchdog)
+        self._loop = asyncio.get_running_loop()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.bind(self.address)
@@ -45,6 +55,13 @@ class InProcessEngine:
                        asyncio.create_task(self.registry.load_all(), name="engine-load"),
                        asyncio.create_task(self.server.announce_changes(), name="engine-announce")]
         self._tasks[0].add_done_callback(_crash_on_exit)
+
+    def _on_hang(self, reason: str) -> None:
+        """Called by the watchdog's thread."""
+        if self.exit_on_hang:
+            logging.shutdown()
+            os._exit(HUNG_EXIT_CODE)
+        self._loop.call_soon_threadsafe(self.registry.fail_all, f"the engine is hung: {reason}")
 
     async def drain(self, timeout_s: float) -> None:
         """Wait, at most ``timeout_s``, until no front-end is connected and no request is running: the engine
@@ -62,6 +79,8 @@ class InProcessEngine:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.watchdog is not None:
+            self.watchdog.stop()
         await self.registry.close()
         await self.server.finish()
         self.socket.close(linger=0)
@@ -79,7 +98,7 @@ async def serve(settings: Settings) -> None:
     if settings.engine_address is None:
         raise SystemExit("SERVE_ENGINE_ADDRESS must be set for an engine process")
     context = zmq.asyncio.Context()
-    engine = InProcessEngine(settings, Metrics(), context, settings.engine_address)
+    engine = InProcessEngine(settings, Metrics(), context, settings.engine_address, exit_on_hang=True)
     await engine.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

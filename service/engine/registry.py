@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from models.device import resolve_device
 from service.engine.batcher import BatchConfig, Batcher
 from service.engine.denoising_loop import DenoisingLoop
 from service.engine.generation_loop import GenerationLoop
+from service.engine.watchdog import Watchdog, WatchedExecutor
 from service.metrics import Metrics
 from service.runtimes import resolve_dtype
 from service.serving import ServingConfig, build_runtime, discover, serving_config
@@ -64,13 +64,13 @@ class ServedModel:
 
 
 class Registry:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, watchdog: Watchdog | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
         # One inference thread per device: forwards of all models on it run one after another.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{self.device}")
+        self.executor = WatchedExecutor(watchdog, thread_name_prefix=f"infer-{self.device}")
         self.models: dict[str, dict[int, ServedModel]] = {}
         for name, version, path in discover(settings.weights_dir, settings.models):
             self.models.setdefault(name, {})[version] = ServedModel(name, version, path, {})
@@ -136,9 +136,16 @@ class Registry:
                      served.device, served.dtype, time.perf_counter() - started)
         self.loading_done = True
 
+    def fail_all(self, reason: str) -> None:
+        """Every model dead with ``reason``: what waits on them gets 503, and readiness turns false."""
+        for served in self.all():
+            if served.scheduler is not None:
+                served.scheduler.fail(reason)
+
     async def close(self) -> None:
         for served in self.all():
             if served.scheduler is not None:
                 await served.scheduler.stop()
             self.metrics.loaded.labels(served.name, str(served.version)).set(0)
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        hung = self.executor.watchdog is not None and self.executor.watchdog.tripped is not None
+        self.executor.shutdown(wait=not hung, cancel_futures=True)  # a hung thread would never be joined

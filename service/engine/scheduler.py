@@ -39,6 +39,10 @@ class Scheduler:
             await asyncio.gather(self._task, return_exceptions=True)
         self._die("the model is shutting down")
 
+    def fail(self, reason: str) -> None:
+        """Die now with ``reason`` (the engine is hung): fail what waits, report not alive."""
+        self._die(reason)
+
     @property
     def alive(self) -> bool:
         return self._task is not None and self._dead_reason is None

@@ -50,10 +50,10 @@ def role_pids(server: subprocess.Popen[bytes], role: str) -> list[int]:
 
 
 class Server:
-    def __init__(self, weights: Path, *flags: str, stderr: Any = None) -> None:
+    def __init__(self, weights: Path, *flags: str, stderr: Any = None, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SERVE_", "PROMETHEUS_"))}
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SERVE_", "PROMETHEUS_"))}, **(env or {})}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "--port", str(self.port), "--weights-dir", str(weights), "--device",
              "cpu", "--log-level", "warning", "--prepare", "false", "--drain-delay-s", "0", *flags], cwd=REPO, env=env,
