@@ -26,12 +26,21 @@ def parse_overrides(argv: list[str]) -> dict[str, str]:
     return {name: value for name, value in vars(args).items() if value is not None}
 
 
+def describe(exc: ValidationError) -> str:
+    """Each error as "setting: why", without the values (pydantic's own text quotes them: API keys too)."""
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        where = ".".join(str(part) for part in error["loc"])
+        lines.append(f"  {where or 'settings'}: {error['msg']}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     overrides = parse_overrides(sys.argv[1:] if argv is None else argv)
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        raise SystemExit(f"invalid settings:\n{exc}") from None
+        raise SystemExit("invalid settings:\n" + describe(exc)) from None
     configure_logging(settings.log_level, settings.log_format)
     for warning in unknown_settings(os.environ):  # here only: the processes it starts read the same variables
         logging.getLogger("service").warning(warning)

@@ -16,7 +16,7 @@ from service.responses import JSONResponse
 log = logging.getLogger("service.errors")
 
 _TYPES = {400: "invalid_input", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-          413: "too_large", 415: "unsupported_media_type", 422: "validation_error",
+          413: "too_large", 415: "unsupported_media_type", 422: "validation_error", 429: "rate_limited",
           503: "unavailable", 504: "deadline_exceeded"}
 
 

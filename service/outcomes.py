@@ -24,3 +24,11 @@ class BatchFailed(Exception):
 
 class WorkerFatal(Exception):
     """Raised by a forward when its device can run nothing more (the scheduler is dead)."""
+
+
+class QuotaExceeded(Exception):
+    """The request's API key is over its requests-per-second or concurrency limit (429)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -26,6 +26,21 @@ class BatchingOverride(BaseModel):
     timeout_ms: float | None = Field(default=None, gt=0)
 
 
+class KeyQuota(BaseModel):
+    """One API key's limits (``SERVE_KEY_QUOTAS``); unset = no limit of that kind."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_s: float | None = Field(default=None, gt=0)
+    burst: int | None = Field(default=None, ge=1, description="requests at once above the rate; default: one "
+                              "second's worth")
+    concurrent: int | None = Field(default=None, ge=1)
+
+    @property
+    def burst_size(self) -> float:
+        return float(self.burst or max(1.0, self.requests_per_s or 1.0))
+
+
 def _split_commas(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -75,6 +90,9 @@ class Settings(BaseSettings):
                                     "and past watchdog_multiple times its moving average counts as a hung engine, "
                                     "which is restarted; 0 = no watchdog")
     watchdog_multiple: float = Field(default=20.0, ge=1)
+    key_quotas: dict[str, KeyQuota] = Field(default_factory=dict, description='JSON, per API key ("*": every '
+                                            'key without its own), e.g. {"*": {"requests_per_s": 20, '
+                                            '"concurrent": 4}}')
     model_overrides: dict[str, BatchingOverride] = Field(
         default_factory=dict, description='JSON, e.g. {"mnist-cnn": {"max_batch_size": 64}}')
 
@@ -83,7 +101,7 @@ class Settings(BaseSettings):
     def _comma_list(cls, value: Any) -> Any:
         return _split_commas(value)
 
-    @field_validator("model_overrides", mode="before")
+    @field_validator("model_overrides", "key_quotas", mode="before")
     @classmethod
     def _json_object(cls, value: Any) -> Any:
         """A flag's value is a string (the environment's is decoded by pydantic-settings already)."""
@@ -106,6 +124,15 @@ class Settings(BaseSettings):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError("device must be auto, cpu, cuda or cuda:N")
+
+    @model_validator(mode="after")
+    def _quotas_name_keys(self) -> Settings:
+        if self.key_quotas and not self.api_keys:
+            raise ValueError("key_quotas limit API keys: set api_keys too")
+        unknown = [key for key in self.key_quotas if key != "*" and key not in self.api_keys]
+        if unknown:
+            raise ValueError(f"key_quotas names {len(unknown)} key(s) that api_keys does not hold")  # not the keys
+        return self
 
     @model_validator(mode="after")
     def _weights_exist(self) -> Settings:

@@ -32,6 +32,7 @@ class Submit(msgspec.Struct, tag="submit", array_like=True):
     deadline: float  # time.monotonic() of the front-end's machine: absolute, counted from arrival
     payload: msgspec.Raw
     request_id: str = ""  # the HTTP request's X-Request-ID, for the engine's log lines about it
+    key: str = ""  # a digest of its API key, when keys have quotas (service/quotas.py)
 
 
 class Cancel(msgspec.Struct, tag="cancel", array_like=True):
@@ -53,7 +54,7 @@ class Result(msgspec.Struct, tag="result", array_like=True):
 
 class Failure(msgspec.Struct, tag="failure", array_like=True):
     id: int
-    kind: str  # queue_full | deadline | unavailable | failed | invalid
+    kind: str  # queue_full | deadline | unavailable | failed | invalid | quota
     message: str
     retry_after_s: int = 0
 

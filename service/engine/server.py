@@ -23,6 +23,8 @@ from service.engine.batcher import BatchFailed, DeadlineExceeded, ModelUnavailab
 from service.engine.denoising_loop import DenoisingLoop
 from service.engine.generation_loop import GenerationLoop
 from service.engine.registry import Registry, ServedModel
+from service.outcomes import QuotaExceeded
+from service.quotas import Quotas
 from service.request_context import REQUEST_ID
 from service.runtimes.language_model import Piece as TextPiece
 from service.transport import (
@@ -49,6 +51,7 @@ READINESS_POLL_S = 0.01
 class EngineServer:
     def __init__(self, registry: Registry, socket: zmq.asyncio.Socket) -> None:
         self.registry = registry
+        self.quotas = Quotas(registry.settings)
         self.socket = socket
         self.started_at = time.time()
         self._running: dict[tuple[bytes, int], asyncio.Task[None]] = {}
@@ -128,7 +131,9 @@ class EngineServer:
     async def _run(self, identity: bytes, submit: Submit, served: ServedModel | None) -> None:
         REQUEST_ID.set(submit.request_id)  # this task's own context: its log lines carry the request's ID
         timing = Timing()
+        counted = False
         try:
+            counted = self.quotas.enabled and self.quotas.acquire(submit.key)
             if served is None or not served.ready or served.scheduler is None:
                 status = served.status if served is not None else "not served by this engine"
                 raise ModelUnavailable(f"{submit.model} v{submit.version} is {status}")
@@ -151,6 +156,9 @@ class EngineServer:
             if failed.kind == "unavailable":
                 # the front-end learns the new readiness before it answers this request's 503
                 await self._send(identity, self.status())
+        finally:
+            if counted:
+                self.quotas.release(submit.key)
         await self._send(identity, reply)
 
     async def _generate(self, identity: bytes, request_id: int, loop: GenerationLoop, request: Any) -> None:
@@ -180,5 +188,7 @@ def failure(request_id: int, exc: BaseException) -> Failure:
         return Failure(request_id, "invalid", f"the engine could not read the request: {exc}")
     if isinstance(exc, BatchFailed):
         return Failure(request_id, "failed", str(exc))
+    if isinstance(exc, QuotaExceeded):
+        return Failure(request_id, "quota", str(exc), exc.retry_after_s)
     log.error("request %d failed in the engine: %r", request_id, exc, exc_info=exc)
     return Failure(request_id, "failed", repr(exc))

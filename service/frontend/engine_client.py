@@ -23,8 +23,8 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from service.outcomes import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull
-from service.request_context import REQUEST_ID, note_engine_times, note_model
+from service.outcomes import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull, QuotaExceeded
+from service.request_context import KEY_DIGEST, REQUEST_ID, note_engine_times, note_model
 from service.runtimes.language_model import Finished as TextFinished
 from service.runtimes.language_model import Piece as TextPiece
 from service.transport import (
@@ -53,6 +53,8 @@ def failure_exception(message: Failure) -> Exception:
         return DeadlineExceeded(message.message)
     if message.kind == "unavailable":
         return ModelUnavailable(message.message)
+    if message.kind == "quota":
+        return QuotaExceeded(message.message, max(1, message.retry_after_s))
     return BatchFailed(message.message)
 
 
@@ -155,7 +157,7 @@ class EngineClient:
             raise ModelUnavailable("the engine is not running (restarting?)")
         note_model(model, version, inputs)
         request_id = next(self._ids)
-        message = Submit(request_id, model, version, deadline, payload, REQUEST_ID.get())
+        message = Submit(request_id, model, version, deadline, payload, REQUEST_ID.get(), KEY_DIGEST.get())
         try:
             self.socket.send(encode(message), flags=zmq.NOBLOCK)
         except zmq.Again:

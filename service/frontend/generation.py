@@ -13,8 +13,8 @@ from service.errors import ServeError
 from service.frontend.admission import Permit
 from service.frontend.catalog import Catalog, ServedModel
 from service.frontend.engine_client import EngineStream
-from service.frontend.predict import admit, arrival_time, until_disconnect
-from service.outcomes import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull
+from service.frontend.predict import admit, arrival_time, quota_error, until_disconnect
+from service.outcomes import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull, QuotaExceeded
 from service.runtimes.language_model import Finished, GenerationRequest, Piece, Sampling
 from service.settings import Settings
 from service.transport import PayloadCodec
@@ -84,6 +84,8 @@ def http_error(exc: Exception) -> Exception:
         return ServeError(504, "the generation was not started before the request's deadline")
     if isinstance(exc, ModelUnavailable):
         return ServeError(503, f"the model is not available: {exc}", headers={"Retry-After": "1"})
+    if isinstance(exc, QuotaExceeded):
+        return quota_error(exc)
     if isinstance(exc, BatchFailed):
         return ServeError(500, f"generation failed: {exc}", "inference_failed")
     return exc

@@ -20,7 +20,7 @@ from starlette.requests import Request
 
 from service.errors import ServeError
 from service.frontend.catalog import ServedModel
-from service.outcomes import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull
+from service.outcomes import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull, QuotaExceeded
 from service.transport import PayloadCodec
 
 T = TypeVar("T")
@@ -156,3 +156,9 @@ def engine_errors(served: ServedModel, timeout_s: float) -> Iterator[None]:
                          headers={"Retry-After": "1"}) from None
     except BatchFailed as exc:
         raise ServeError(500, f"inference failed: {exc}", "inference_failed") from None
+    except QuotaExceeded as exc:
+        raise quota_error(exc) from None
+
+
+def quota_error(exc: QuotaExceeded) -> ServeError:
+    return ServeError(429, str(exc), "rate_limited", headers={"Retry-After": str(exc.retry_after_s)})

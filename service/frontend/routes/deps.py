@@ -10,6 +10,8 @@ from fastapi import Depends, Request
 from service.errors import ServeError
 from service.frontend.catalog import Catalog
 from service.metrics import Metrics
+from service.quotas import key_digest
+from service.request_context import KEY_DIGEST
 from service.settings import Settings
 
 
@@ -38,6 +40,8 @@ async def require_api_key(request: Request) -> None:
     if not presented or not any(secrets.compare_digest(presented, key) for key in keys):
         raise ServeError(401, "missing or invalid API key; send Authorization: Bearer <key>",
                          headers={"WWW-Authenticate": "Bearer"})
+    if request.app.state.settings.key_quotas:  # the engine counts the key's requests against its quota
+        KEY_DIGEST.set(key_digest(presented))
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
