@@ -32,3 +32,11 @@ class QuotaExceeded(Exception):
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class ControlFailed(Exception):
+    """A load or unload of the model repository API failed: ``kind`` is not_found or load_failed."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind

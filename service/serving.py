@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from service.runtimes import runtime_class
-from service.settings import BatchingOverride, Settings
+from service.settings import BatchingOverride, Settings, VersionPolicy
 
 
 def discover(weights_dir: Path, names: list[str]) -> list[tuple[str, int, Path]]:
@@ -60,6 +60,14 @@ def serving_config(settings: Settings, name: str, manifest: dict[str, Any]) -> S
 
     return ServingConfig(max_batch_size=int(pick("max_batch_size")), max_delay_s=float(pick("max_delay_ms")) / 1000,
                          max_queue=int(pick("max_queue")), timeout_s=float(pick("timeout_ms")) / 1000)
+
+
+def version_policy(settings: Settings, name: str, manifest: dict[str, Any]) -> VersionPolicy:
+    """The operator's (``SERVE_MODEL_OVERRIDES``), else the model's newest manifest's, else all versions."""
+    override = settings.model_overrides.get(name)
+    if override is not None and override.version_policy is not None:
+        return override.version_policy
+    return BatchingOverride.model_validate(manifest.get("serving") or {}).version_policy or VersionPolicy()
 
 
 def build_runtime(manifest: dict[str, Any], path: Path, settings: Settings) -> Any:

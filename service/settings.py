@@ -15,10 +15,39 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-class BatchingOverride(BaseModel):
-    """Per-model batching settings; unset fields fall back to the global ``SERVE_*`` values."""
+class VersionPolicy(BaseModel):
+    """Which versions of a model are served, like a Triton model's: the ``latest`` N, ``all``, or ``specific``
+    ones. One field set; none set means all."""
 
     model_config = ConfigDict(extra="forbid")
+
+    latest: int | None = Field(default=None, ge=1)
+    all: bool | None = None
+    specific: list[int] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> VersionPolicy:
+        if sum(kind is not None for kind in (self.latest, self.all, self.specific)) > 1:
+            raise ValueError("a version policy is one of latest, all or specific")
+        return self
+
+    def select(self, versions: list[int]) -> list[int]:
+        """The versions to serve, of those found."""
+        found = sorted(versions)
+        if self.latest is not None:
+            return found[-self.latest:]
+        if self.specific is not None:
+            return [version for version in found if version in self.specific]
+        return found
+
+
+class BatchingOverride(BaseModel):
+    """Per-model serving settings (batching, deadline, version policy); unset fields fall back to the global
+    ``SERVE_*`` values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version_policy: VersionPolicy | None = None
 
     max_batch_size: int | None = Field(default=None, ge=1, le=4096)
     max_delay_ms: float | None = Field(default=None, ge=0, le=10_000)
@@ -76,6 +105,13 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(default=16_384, ge=1)
     max_image_pixels: int = Field(default=16_000_000, ge=784)
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="empty = open")
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="for the model repository routes (/v2/repository/...); empty = 403")
+    model_control: Literal["none", "explicit", "poll"] = Field(
+        default="none", description="none: load every model at start, no load/unload; explicit: load what "
+        "SERVE_MODELS names (nothing if empty), then load and unload on request; poll: like none, and rescan "
+        "the weights directory every poll_s seconds for new and removed versions")
+    poll_s: float = Field(default=10.0, gt=0, le=86_400)
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["text", "json"] = "text"
     access_log: bool = Field(default=False, description="one structured log line per request: method, route, "
@@ -96,7 +132,7 @@ class Settings(BaseSettings):
     model_overrides: dict[str, BatchingOverride] = Field(
         default_factory=dict, description='JSON, e.g. {"mnist-cnn": {"max_batch_size": 64}}')
 
-    @field_validator("models", "api_keys", mode="before")
+    @field_validator("models", "api_keys", "admin_keys", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return _split_commas(value)

@@ -41,6 +41,15 @@ class Cancel(msgspec.Struct, tag="cancel", array_like=True):
     id: int
 
 
+class Control(msgspec.Struct, tag="control", array_like=True):
+    """The model repository API: ``load`` or ``unload`` a model (``version`` 0: every version)."""
+
+    id: int
+    action: str
+    model: str
+    version: int = 0
+
+
 class StatusQuery(msgspec.Struct, tag="status?", array_like=True):
     id: int
 
@@ -81,6 +90,9 @@ class ModelStatus(msgspec.Struct, array_like=True):
     loaded_at: float
     queue_depth: int
     forward: str = "eager"  # the prepared forward's kind (and its largest difference from eager)
+    state: str = "READY"  # READY | LOADING | UNLOADING | UNAVAILABLE (the repository index's)
+    reason: str = ""
+    required: bool = True  # readiness waits for it
 
 
 class Status(msgspec.Struct, tag="status", array_like=True):
@@ -92,7 +104,7 @@ class Status(msgspec.Struct, tag="status", array_like=True):
     frontends: int = 0  # front-ends that asked for the status within the last second (connected, alive)
 
 
-ToEngine = Submit | Cancel | StatusQuery
+ToEngine = Submit | Cancel | StatusQuery | Control
 FromEngine = Result | Failure | Piece | Finished | Status
 
 

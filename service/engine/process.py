@@ -54,6 +54,8 @@ class InProcessEngine:
         self._tasks = [asyncio.create_task(self.server.serve(), name="engine-serve"),
                        asyncio.create_task(self.registry.load_all(), name="engine-load"),
                        asyncio.create_task(self.server.announce_changes(), name="engine-announce")]
+        if self.settings.model_control == "poll":
+            self._tasks.append(asyncio.create_task(self.registry.poll(), name="engine-poll"))
         self._tasks[0].add_done_callback(_crash_on_exit)
 
     def _on_hang(self, reason: str) -> None:

@@ -1,9 +1,12 @@
-"""The engine's models: discovers ``weights/<name>/<version>/``, loads and warms every version once, and
-starts the scheduler its runtime asks for (a batcher, a generation loop or a denoising loop)."""
+"""The engine's models: discovers ``weights/<name>/<version>/``, loads and warms the versions it serves (each
+once), starts the scheduler each runtime asks for (a batcher, a generation loop or a denoising loop), and
+loads and unloads versions on request (the model repository API) or as the directory changes (polling)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -13,6 +16,7 @@ from typing import Any
 import torch
 
 import models
+from models.artifact import read_manifest
 from models.device import resolve_device
 from service.engine.batcher import BatchConfig, Batcher
 from service.engine.denoising_loop import DenoisingLoop
@@ -20,7 +24,7 @@ from service.engine.generation_loop import GenerationLoop
 from service.engine.watchdog import Watchdog, WatchedExecutor
 from service.metrics import Metrics
 from service.runtimes import resolve_dtype
-from service.serving import ServingConfig, build_runtime, discover, serving_config
+from service.serving import ServingConfig, build_runtime, discover, serving_config, version_policy
 from service.settings import Settings
 
 log = logging.getLogger("service.engine.registry")
@@ -29,9 +33,22 @@ log = logging.getLogger("service.engine.registry")
 Scheduler = Batcher | GenerationLoop | DenoisingLoop
 
 
+READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
+UNLOAD_SETTLE_S = 0.5  # an unloading version keeps serving this long: every front-end has seen it go by then
+
+
+class ModelNotFound(Exception):
+    pass
+
+
+class LoadFailed(Exception):
+    pass
+
+
 @dataclass
 class ServedModel:
-    """One loaded model version: its manifest, runtime, serving settings and the one scheduler that feeds it."""
+    """One model version found under the weights directory; when loaded: its manifest, runtime, serving
+    settings and the one scheduler that feeds it."""
 
     name: str
     version: int
@@ -45,6 +62,10 @@ class ServedModel:
     warmed: bool = False
     error: str | None = None
     loaded_at: float = field(default_factory=time.time)
+    state: str = UNAVAILABLE  # READY, LOADING, UNLOADING (still serving what reaches it) or UNAVAILABLE
+    reason: str = "not loaded"
+    required: bool = False  # readiness waits for it: loaded at start or on request, and not unloaded since
+    in_flight: int = 0  # requests the engine is running on it
 
     @property
     def task(self) -> str:
@@ -52,6 +73,7 @@ class ServedModel:
 
     @property
     def ready(self) -> bool:
+        """It takes requests: loaded, warm and alive (READY, or UNLOADING while the front-ends move away)."""
         return self.warmed and self.scheduler is not None and self.scheduler.alive
 
     @property
@@ -60,10 +82,18 @@ class ServedModel:
             return f"failed: {self.error}"
         if self.scheduler is not None and self.scheduler.dead_reason:
             return f"not ready: {self.scheduler.dead_reason}"
+        if self.state == UNAVAILABLE:
+            return f"unavailable: {self.reason}"
+        if self.state == UNLOADING:
+            return "unloading"
         return "ready" if self.ready else "loading"
 
 
 class Registry:
+    """Every version under the weights directory, and the lifecycle of those served: loaded at start (per
+    SERVE_MODEL_CONTROL, SERVE_MODELS and each model's version policy), then loaded and unloaded on request
+    or by polling the directory. One control operation runs at a time."""
+
     def __init__(self, settings: Settings, metrics: Metrics, watchdog: Watchdog | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -71,10 +101,11 @@ class Registry:
         self.dtype = resolve_dtype(settings.dtype, self.device)
         # One inference thread per device: forwards of all models on it run one after another.
         self.executor = WatchedExecutor(watchdog, thread_name_prefix=f"infer-{self.device}")
+        discover(settings.weights_dir, settings.models)  # SERVE_MODELS must name models that are there
         self.models: dict[str, dict[int, ServedModel]] = {}
-        for name, version, path in discover(settings.weights_dir, settings.models):
-            self.models.setdefault(name, {})[version] = ServedModel(name, version, path, {})
+        self.scan()
         self.loading_done = False
+        self._control = asyncio.Lock()
 
     def get(self, name: str, version: int) -> ServedModel | None:
         return self.models.get(name, {}).get(version)
@@ -84,9 +115,31 @@ class Registry:
 
     @property
     def ready(self) -> bool:
-        return self.loading_done and all(served.ready for served in self.all())
+        return self.loading_done and all(served.ready for served in self.all() if served.required)
 
-    # -- lifecycle ---------------------------------------------------------------------------
+    def scan(self) -> None:
+        """Add the versions that appeared under the weights directory (a vanished one is dropped by ``poll``)."""
+        for name, version, path in discover(self.settings.weights_dir, []):
+            if version not in self.models.setdefault(name, {}):
+                self.models[name][version] = ServedModel(name, version, path, {})
+
+    def wanted_versions(self, name: str) -> list[int]:
+        """The versions of ``name`` on disk that its version policy serves."""
+        present = [version for version, served in self.models.get(name, {}).items() if served.path.is_dir()]
+        if not present:
+            return []
+        try:
+            policy = version_policy(self.settings, name, read_manifest(self.models[name][max(present)].path))
+        except Exception:  # an unreadable newest manifest or serving block: its load says why
+            policy = version_policy(self.settings, name, {})
+        return policy.select(present)
+
+    def initial_names(self) -> list[str]:
+        if self.settings.models:
+            return [name for name in self.settings.models if name in self.models]
+        return [] if self.settings.model_control == "explicit" else sorted(self.models)
+
+    # -- loading -------------------------------------------------------------------------------
     def _load_one(self, served: ServedModel) -> None:
         """Runs in the inference thread: build, verify hash, load, move to the device, warm up."""
         module, manifest = models.load(served.path, device="cpu")
@@ -116,25 +169,119 @@ class Registry:
         batching = BatchConfig(config.max_batch_size, config.max_delay_s, config.capacity)
         return Batcher(label, runtime.forward, batching, self.executor, observer)
 
+    async def _load_version(self, served: ServedModel) -> bool:
+        """Load, warm and start one version; a failure marks that version (UNAVAILABLE, with why), nothing else."""
+        served.state, served.reason, served.error = LOADING, "loading", None
+        started = time.perf_counter()
+        try:
+            await asyncio.get_running_loop().run_in_executor(self.executor, self._load_one, served)
+        except Exception as exc:
+            served.error = str(exc)
+            served.state, served.reason = UNAVAILABLE, f"failed to load: {exc}"
+            log.error("model %s v%d failed to load: %s", served.name, served.version, exc)
+            return False
+        served.scheduler = self._scheduler(served)
+        served.scheduler.start()
+        served.warmed = True
+        served.loaded_at = time.time()
+        served.state, served.reason = READY, ""
+        self.metrics.loaded.labels(served.name, str(served.version)).set(1)
+        log.info("model %s v%d ready on %s (%s) in %.2f s", served.name, served.version,
+                 served.device, served.dtype, time.perf_counter() - started)
+        return True
+
     async def load_all(self) -> None:
-        """Load, warm and start each version in turn; a failure marks that version, not the engine."""
-        loop = asyncio.get_running_loop()
-        for served in self.all():
-            started = time.perf_counter()
+        """At start: load, warm and start what is to be served, in turn."""
+        async with self._control:
+            chosen = [self.models[name][version] for name in self.initial_names()
+                      for version in self.wanted_versions(name)]
+            for served in chosen:  # all of them count for readiness from the start, failed ones too
+                served.required, served.state, served.reason = True, LOADING, "waiting to load"
+            for served in chosen:
+                await self._load_version(served)
+            self.loading_done = True
+
+    async def load_model(self, name: str) -> None:
+        """Load the versions of ``name`` its policy serves (new folders included), then, once one of them is
+        ready, unload the others. A version that fails leaves the serving ones untouched, says why in the index,
+        and makes this raise LoadFailed."""
+        async with self._control:
+            self.scan()
+            if name not in self.models:
+                raise ModelNotFound(f"no model {name!r} under {self.settings.weights_dir}")
+            wanted = self.wanted_versions(name)
+            failures = []
+            for version in wanted:
+                served = self.models[name][version]
+                if not (served.state == READY and served.ready) and not await self._load_version(served):
+                    failures.append(f"v{version}: {served.reason}")
+                    served.required = False
+                    continue
+                served.state, served.required = READY, True
+            if any(self.models[name][version].state == READY for version in wanted):
+                for version, served in sorted(self.models[name].items()):
+                    if version not in wanted and served.state == READY:  # after the new ones are ready
+                        await self._unload_version(served, "unloaded: outside the version policy")
+            elif not failures:
+                failures.append("no version on disk to load")
+            if failures:
+                raise LoadFailed(f"model {name!r}: " + "; ".join(failures))
+
+    # -- unloading -----------------------------------------------------------------------------
+    async def unload_model(self, name: str, version: int | None = None) -> None:
+        async with self._control:
+            if name not in self.models or (version is not None and version not in self.models[name]):
+                raise ModelNotFound(f"no model {name!r}" + (f" version {version}" if version is not None else ""))
+            for served in [self.models[name][version]] if version is not None else list(self.models[name].values()):
+                await self._unload_version(served, "unloaded on request")
+
+    async def _unload_version(self, served: ServedModel, reason: str) -> None:
+        """Stop serving one version without failing what reached it: the front-ends move away (UNLOADING), its
+        requests finish, then its scheduler stops and its module is freed."""
+        served.required = False
+        if served.scheduler is None:
+            if served.state != LOADING:
+                served.state, served.reason = UNAVAILABLE, reason
+            return
+        served.state, served.reason = UNLOADING, reason
+        await asyncio.sleep(UNLOAD_SETTLE_S)
+        give_up = time.monotonic() + (served.config.timeout_s if served.config else 60.0)
+        while served.in_flight and time.monotonic() < give_up:  # noqa: ASYNC110 (counted by the engine server)
+            await asyncio.sleep(0.02)
+        await served.scheduler.stop()
+        served.scheduler, served.runtime, served.warmed = None, None, False
+        served.state = UNAVAILABLE
+        self.metrics.loaded.labels(served.name, str(served.version)).set(0)
+        await asyncio.get_running_loop().run_in_executor(self.executor, release_memory, self.device)
+        log.info("model %s v%d %s", served.name, served.version, reason)
+
+    # -- polling -------------------------------------------------------------------------------
+    async def poll(self) -> None:
+        """SERVE_MODEL_CONTROL=poll: every SERVE_POLL_S, serve new versions and drop vanished ones."""
+        while True:
+            await asyncio.sleep(self.settings.poll_s)
             try:
-                await loop.run_in_executor(self.executor, self._load_one, served)
-            except Exception as exc:
-                served.error = str(exc)
-                log.error("model %s v%d failed to load: %s", served.name, served.version, exc)
+                await self._poll_once()
+            except Exception as exc:  # one bad rescan must not end polling
+                log.error("polling the weights directory failed: %r", exc)
+
+    async def _poll_once(self) -> None:
+        self.scan()
+        for name in sorted(self.models):
+            versions = self.models[name]
+            for served in [served for served in versions.values() if not served.path.is_dir()]:
+                async with self._control:
+                    await self._unload_version(served, "its folder was removed")
+                    versions.pop(served.version, None)
+            if not versions:
+                self.models.pop(name, None)
                 continue
-            served.scheduler = self._scheduler(served)
-            served.scheduler.start()
-            served.warmed = True
-            served.loaded_at = time.time()
-            self.metrics.loaded.labels(served.name, str(served.version)).set(1)
-            log.info("model %s v%d ready on %s (%s) in %.2f s", served.name, served.version,
-                     served.device, served.dtype, time.perf_counter() - started)
-        self.loading_done = True
+            wanted = self.wanted_versions(name)
+            loaded = {version for version, served in versions.items() if served.state in (READY, UNLOADING)}
+            if any(version not in loaded and versions[version].error is None for version in wanted) or (
+                    loaded - set(wanted)):
+                with contextlib.suppress(LoadFailed):
+                    await self.load_model(name)  # a failure is in the index; the serving versions stay
 
     def fail_all(self, reason: str) -> None:
         """Every model dead with ``reason``: what waits on them gets 503, and readiness turns false."""
@@ -149,3 +296,10 @@ class Registry:
             self.metrics.loaded.labels(served.name, str(served.version)).set(0)
         hung = self.executor.watchdog is not None and self.executor.watchdog.tripped is not None
         self.executor.shutdown(wait=not hung, cancel_futures=True)  # a hung thread would never be joined
+
+
+def release_memory(device: torch.device) -> None:
+    """Runs in the inference thread after a version is dropped: give its memory back."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -22,13 +22,14 @@ import zmq.asyncio
 from service.engine.batcher import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull, Timing
 from service.engine.denoising_loop import DenoisingLoop
 from service.engine.generation_loop import GenerationLoop
-from service.engine.registry import Registry, ServedModel
+from service.engine.registry import LoadFailed, ModelNotFound, Registry, ServedModel
 from service.outcomes import QuotaExceeded
 from service.quotas import Quotas
 from service.request_context import REQUEST_ID
 from service.runtimes.language_model import Piece as TextPiece
 from service.transport import (
     Cancel,
+    Control,
     Failure,
     Finished,
     FromEngine,
@@ -57,13 +58,15 @@ class EngineServer:
         self._running: dict[tuple[bytes, int], asyncio.Task[None]] = {}
         self._codecs: dict[tuple[str, int], PayloadCodec] = {}
         self._heard_from: dict[bytes, float] = {}  # front-end -> when it last asked for the status
+        self._controls: set[asyncio.Task[None]] = set()
 
     async def announce_changes(self) -> None:
         """Tell every front-end at once when a model turns ready or not ready (loaded, warmed, died), rather
         than at its next heartbeat: front-ends that share a port must not disagree for up to 200 ms."""
-        last: tuple[bool, ...] = ()
+        last: tuple[object, ...] = ()
         while True:
-            now = (self.registry.loading_done, *(served.ready for served in self.registry.all()))
+            now = (self.registry.loading_done, *((served.name, served.version, served.ready, served.state)
+                                                 for served in self.registry.all()))
             if now != last:
                 last = now
                 status = self.status()
@@ -86,6 +89,8 @@ class EngineServer:
                 task = self._running.pop((identity.bytes, message.id), None)
                 if task is not None:
                     task.cancel()
+            elif isinstance(message, Control):
+                self._control_task(identity.bytes, message)
             else:
                 self._start(identity.bytes, message)
 
@@ -111,7 +116,8 @@ class EngineServer:
         models = {f"{served.name}/{served.version}": ModelStatus(
             served.ready, served.status, served.device, served.dtype, served.loaded_at,
             served.scheduler.depth if served.scheduler is not None else 0,
-            served.runtime.forward_kind if served.runtime is not None else "eager") for served in self.registry.all()}
+            served.runtime.forward_kind if served.runtime is not None else "eager",
+            served.state, served.reason, served.required) for served in self.registry.all()}
         now = time.monotonic()
         for identity in [i for i, heard in self._heard_from.items() if now - heard > 60]:
             del self._heard_from[identity]  # a front-end gone for good (restarted under a new identity)
@@ -132,6 +138,8 @@ class EngineServer:
         REQUEST_ID.set(submit.request_id)  # this task's own context: its log lines carry the request's ID
         timing = Timing()
         counted = False
+        if served is not None:
+            served.in_flight += 1  # an unloading version waits for these
         try:
             counted = self.quotas.enabled and self.quotas.acquire(submit.key)
             if served is None or not served.ready or served.scheduler is None:
@@ -159,6 +167,34 @@ class EngineServer:
         finally:
             if counted:
                 self.quotas.release(submit.key)
+            if served is not None:
+                served.in_flight -= 1
+        await self._send(identity, reply)
+
+    def _control_task(self, identity: bytes, control: Control) -> None:
+        task = asyncio.create_task(self._control(identity, control), name=f"control:{control.action}")
+        self._controls.add(task)
+        task.add_done_callback(self._controls.discard)
+
+    async def _control(self, identity: bytes, control: Control) -> None:
+        """Load or unload a model; the front-end that asked gets the new status, then the outcome."""
+        version = control.version or None
+        try:
+            if control.action == "load":
+                await self.registry.load_model(control.model)
+            elif control.action == "unload":
+                await self.registry.unload_model(control.model, version)
+            else:
+                raise ValueError(f"unknown control action {control.action!r}")
+            reply: FromEngine = Result(control.id, msgspec.Raw(encode({})))
+        except ModelNotFound as exc:
+            reply = Failure(control.id, "not_found", str(exc))
+        except LoadFailed as exc:
+            reply = Failure(control.id, "load_failed", str(exc))
+        except Exception as exc:
+            log.error("%s of %s failed: %r", control.action, control.model, exc, exc_info=exc)
+            reply = Failure(control.id, "failed", repr(exc))
+        await self._send(identity, self.status())
         await self._send(identity, reply)
 
     async def _generate(self, identity: bytes, request_id: int, loop: GenerationLoop, request: Any) -> None:

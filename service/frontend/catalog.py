@@ -14,7 +14,7 @@ from service.frontend.admission import Admission
 from service.frontend.engine_client import EngineClient
 from service.serving import ServingConfig, build_runtime, discover, serving_config
 from service.settings import Settings
-from service.transport import PayloadCodec
+from service.transport import PayloadCodec, Status
 
 log = logging.getLogger("service.frontend.catalog")
 
@@ -62,6 +62,26 @@ class ServedModel:
         return getattr(status, field) if status else default
 
     @property
+    def state(self) -> str:
+        """The repository index's: READY, LOADING, UNLOADING or UNAVAILABLE (LOADING until the engine says)."""
+        return str(self._reported("state", "LOADING"))
+
+    @property
+    def reason(self) -> str:
+        return str(self._reported("reason", "the engine is starting or restarting"))
+
+    @property
+    def required(self) -> bool:
+        """Readiness waits for it (the engine's word; every version while the engine has said nothing)."""
+        return bool(self._reported("required", True))
+
+    @property
+    def served(self) -> bool:
+        """Loaded, loading or required: requests for it are routed to it (and answered 503 while not ready);
+        a version that is neither (unloaded, never loaded) is not found."""
+        return self.required or self.state != "UNAVAILABLE"
+
+    @property
     def device(self) -> str:
         return str(self._reported("device", ""))
 
@@ -80,15 +100,39 @@ class ServedModel:
 
 
 class Catalog:
+    """Every model version under the weights directory, as the engine reports it: versions it loads later (a
+    new folder, the repository API) are read here when its status first lists them, and vanished ones go."""
+
     def __init__(self, settings: Settings, engine: EngineClient) -> None:
         self.settings = settings
         self.engine = engine
         self.models: dict[str, dict[int, ServedModel]] = {}
-        for name, version, path in discover(settings.weights_dir, settings.models):
-            served = self._describe(name, version, path)
-            if served.runtime is not None:
-                served.payload_codec = PayloadCodec(served.runtime.result_type)
-            self.models.setdefault(name, {})[version] = served
+        for name, version, path in discover(settings.weights_dir, []):
+            self._add(name, version, path)
+        engine.status_listeners.append(self.sync)
+        if engine.status is not None:
+            self.sync(engine.status)
+
+    def _add(self, name: str, version: int, path: Path) -> None:
+        served = self._describe(name, version, path)
+        if served.runtime is not None:
+            served.payload_codec = PayloadCodec(served.runtime.result_type)
+        self.models.setdefault(name, {})[version] = served
+
+    def sync(self, status: Status) -> None:
+        """Follow the engine's list of versions (cheap when nothing changed: a set comparison)."""
+        known = {f"{served.name}/{served.version}" for served in self.all()}
+        if known == status.models.keys():
+            return
+        for key in status.models.keys() - known:
+            name, version = key.rsplit("/", 1)
+            self._add(name, int(version), self.settings.weights_dir / name / version)
+            log.info("model %s v%s is in the repository", name, version)
+        for key in known - status.models.keys():
+            name, version = key.rsplit("/", 1)
+            self.models[name].pop(int(version), None)
+            if not self.models[name]:
+                del self.models[name]
 
     def _describe(self, name: str, version: int, path: Path) -> ServedModel:
         try:
@@ -109,20 +153,32 @@ class Catalog:
         return Admission(config, self.settings.frontend_index, self.settings.workers, name)
 
     def get(self, name: str, version: int | str | None = None) -> ServedModel:
-        versions = self.models.get(name)
+        """The version a request names, or the latest: the newest in state READY (one still loading does not
+        take over before it is ready, one unloading hands over at once; one that died stays and answers 503),
+        else the newest served."""
+        versions = {number: served for number, served in self.models.get(name, {}).items() if served.served}
         if not versions:
             raise ServeError(404, f"model {name!r} is not served; GET /v1/models lists the models", "model_not_found")
         if version is None or version == "":
-            return versions[max(versions)]
+            ready = [number for number, served in versions.items() if served.state == "READY"]
+            return versions[max(ready or versions)]
         try:
             number = int(version)
         except (TypeError, ValueError):
             raise ServeError(404, f"version {version!r} of {name!r}: versions are integers",
                              "version_not_found") from None
         if number not in versions:
-            raise ServeError(404, f"model {name!r} has no version {number}; it has {sorted(versions)}",
+            raise ServeError(404, f"model {name!r} serves no version {number}; it serves {sorted(versions)}",
                              "version_not_found")
         return versions[number]
+
+    def versions(self, name: str) -> list[int]:
+        """The versions of ``name`` that are served (loaded, loading or required)."""
+        return sorted(number for number, served in self.models.get(name, {}).items() if served.served)
+
+    def names(self) -> list[str]:
+        """The models with a served version."""
+        return [name for name in self.models if self.versions(name)]
 
     def all(self) -> list[ServedModel]:
         return [served for versions in self.models.values() for served in versions.values()]
@@ -137,7 +193,7 @@ class Catalog:
         load balancer that sees 200 here may send to any of them (they share the port)."""
         status = self.engine.status
         return (self.engine.up and status is not None and status.loading_done and
-                status.frontends >= self.frontends_expected and all(s.ready for s in self.all()))
+                status.frontends >= self.frontends_expected and all(s.ready for s in self.all() if s.required))
 
     def batch_config(self, served: ServedModel) -> ServingConfig:
         return served.config

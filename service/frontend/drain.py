@@ -67,7 +67,7 @@ class DrainingServer(uvicorn.Server):
         grace = grace_s(self.settings, [served.config.timeout_s for served in catalog.all()] if catalog else [])
         self.config.timeout_graceful_shutdown = int(self.delay_s + grace + ABORT_MARGIN_S) + 1
         self.app.state.draining = True
-        log.warning("draining: not ready; accepting for %.1f s more, then finishing the work in flight within "
+        log.info("draining: not ready; accepting for %.1f s more, then finishing the work in flight within "
                     "%.1f s", self.delay_s, grace)
         self._watcher = asyncio.get_running_loop().create_task(self._abort_at(grace), name="drain-grace")
 

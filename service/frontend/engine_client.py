@@ -15,7 +15,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -23,12 +23,20 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from service.outcomes import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull, QuotaExceeded
+from service.outcomes import (
+    BatchFailed,
+    ControlFailed,
+    DeadlineExceeded,
+    ModelUnavailable,
+    QueueFull,
+    QuotaExceeded,
+)
 from service.request_context import KEY_DIGEST, REQUEST_ID, note_engine_times, note_model
 from service.runtimes.language_model import Finished as TextFinished
 from service.runtimes.language_model import Piece as TextPiece
 from service.transport import (
     Cancel,
+    Control,
     Failure,
     Finished,
     ModelStatus,
@@ -53,6 +61,8 @@ def failure_exception(message: Failure) -> Exception:
         return DeadlineExceeded(message.message)
     if message.kind == "unavailable":
         return ModelUnavailable(message.message)
+    if message.kind in ("not_found", "load_failed"):
+        return ControlFailed(message.kind, message.message)
     if message.kind == "quota":
         return QuotaExceeded(message.message, max(1, message.retry_after_s))
     return BatchFailed(message.message)
@@ -109,6 +119,7 @@ class EngineClient:
         self._heard = asyncio.Event()  # set by the first status: the models' readiness is known
         self.restarts = 0  # engine incarnations seen after the first
         self.refusing: str | None = None  # set when draining ran out of time: every request is refused
+        self.status_listeners: list[Callable[[Status], None]] = []  # the catalog follows the engine's models
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -178,6 +189,23 @@ class EngineClient:
         finally:  # cancelled here (the client left) or not answered: the engine drops the request
             self.forget(request_id, cancel=future.cancelled() or not future.done())
 
+    async def control(self, action: str, model: str, version: int | None) -> None:
+        """Load or unload a model on the engine (the repository API); returns once it is done, raises
+        ControlFailed (or ModelUnavailable) otherwise. This front-end has the new status before it returns."""
+        if not self.up:
+            raise ModelUnavailable("the engine is not running (restarting?)")
+        request_id = next(self._ids)
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            try:
+                self.socket.send(encode(Control(request_id, action, model, version or 0)), flags=zmq.NOBLOCK)
+            except zmq.Again:
+                raise ModelUnavailable("the engine is not reachable") from None
+            await future
+        finally:
+            self._pending.pop(request_id, None)
+
     def stream(self, model: str, version: int, deadline: float, payload: msgspec.Raw, size: int) -> EngineStream:
         """Start a generation of at most ``size`` events."""
         request_id = self._submit(model, version, deadline, payload, 1)
@@ -223,6 +251,8 @@ class EngineClient:
             self.restarts += 1
             log.warning("the engine restarted (pid %d)", status.pid)
         self.status, self._status_at = status, time.monotonic()
+        for listener in self.status_listeners:
+            listener(status)
         self._heard.set()
 
     async def first_status(self, timeout_s: float) -> bool:

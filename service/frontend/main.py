@@ -23,7 +23,18 @@ from service.errors import install_error_handlers
 from service.frontend.catalog import Catalog
 from service.frontend.engine_client import EngineClient
 from service.frontend.middleware import FAST_ROUTE, ServeMiddleware
-from service.frontend.routes import docs, generate, health, kserve_v1, native, oip_v2, openai, samples, ui
+from service.frontend.routes import (
+    docs,
+    generate,
+    health,
+    kserve_v1,
+    native,
+    oip_v2,
+    openai,
+    repository,
+    samples,
+    ui,
+)
 from service.frontend.routes import metrics as metrics_routes
 from service.frontend.routes.deps import require_api_key
 from service.logging_setup import configure_logging
@@ -91,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(generate.router, dependencies=guarded)
     app.include_router(samples.router, dependencies=guarded)
     app.include_router(openai.router, dependencies=guarded)
+    app.include_router(repository.router)  # its own keys: SERVE_ADMIN_KEYS
     app.mount("/static-docs", StaticFiles(directory=docs.ASSETS), name="static-docs")
     return app
 

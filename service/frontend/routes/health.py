@@ -22,7 +22,7 @@ async def ready(request: Request, catalog: CatalogDep) -> JSONResponse:
                              "type": "unavailable", "models": {}}, status_code=503)
     if catalog.ready:
         return JSONResponse({"ready": True})
-    waiting = {f"{s.name}/{s.version}": s.status for s in catalog.all() if not s.ready}
+    waiting = {f"{s.name}/{s.version}": s.status for s in catalog.all() if s.required and not s.ready}
     if not catalog.engine.up:
         error = "not ready: the engine is starting or restarting"
     elif waiting:

@@ -44,7 +44,7 @@ def model_summary(catalog: Catalog, name: str) -> dict[str, Any]:
     return {
         "id": name, "object": "model", "created": int(latest.loaded_at), "owned_by": "serve",
         "task": latest.task or None, "version": latest.version,
-        "versions": sorted(catalog.models[name]), "ready": latest.ready,
+        "versions": catalog.versions(name), "ready": latest.ready,
     }
 
 
@@ -70,7 +70,7 @@ def parameters_of(served: ServedModel) -> dict[str, Any]:
 def model_detail(served: ServedModel, catalog: Catalog) -> dict[str, Any]:
     manifest, runtime = served.manifest, served.runtime
     return {
-        "name": served.name, "version": served.version, "versions": sorted(catalog.models[served.name]),
+        "name": served.name, "version": served.version, "versions": catalog.versions(served.name),
         "ready": served.ready, "status": served.status, "task": served.task or None,
         "architecture": manifest.get("architecture"), "labels": manifest.get("labels"),
         "inputs": [spec.as_dict() for spec in runtime.inputs] if runtime else [],
@@ -88,7 +88,7 @@ def model_detail(served: ServedModel, catalog: Catalog) -> dict[str, Any]:
 
 @router.get("/v1/models", summary="List the served models")
 async def list_models(catalog: CatalogDep) -> JSONResponse:
-    return JSONResponse({"object": "list", "data": [model_summary(catalog, name) for name in catalog.models]})
+    return JSONResponse({"object": "list", "data": [model_summary(catalog, name) for name in catalog.names()]})
 
 
 @router.get("/v1/models/{name}", summary="Metadata of a model's latest version", responses=ERROR_RESPONSES)

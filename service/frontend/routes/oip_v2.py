@@ -157,7 +157,7 @@ def model_metadata(served: ServedModel, catalog: Catalog) -> dict[str, Any]:
     if runtime is None:
         raise ServeError(503, f"model {served.name} v{served.version} is not loaded ({served.status})",
                          headers={"Retry-After": "5"})
-    return {"name": served.name, "versions": [str(v) for v in sorted(catalog.models[served.name])],
+    return {"name": served.name, "versions": [str(v) for v in catalog.versions(served.name)],
             "platform": "pytorch", "inputs": [spec.as_dict() for spec in runtime.inputs],
             "outputs": [spec.as_dict() for spec in runtime.outputs]}
 
