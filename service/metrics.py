@@ -20,6 +20,7 @@ from prometheus_client import (
 )
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TOKEN_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
@@ -49,6 +50,35 @@ class Metrics:
                                ["model", "version", "reason"], registry=r)
         self.loaded = Gauge("serve_model_loaded", "1 when the model version is loaded, warmed and alive (in "
                             "the engine)", ["model", "version"], registry=r, multiprocess_mode="livemin")
+        # -- for SLOs (the engine's) --
+        self.queue_wait = Histogram("serve_queue_wait_seconds", "from a request's arrival at the server to the "
+                                    "start of its forward (its first decoding or denoising step)",
+                                    ["model", "version"], buckets=LATENCY_BUCKETS, registry=r)
+        self.in_flight = Gauge("serve_requests_in_flight", "requests the engine is running (queued or in a "
+                               "forward, generating, sampling)", ["model", "version"], registry=r,
+                               multiprocess_mode="livesum")
+        self.load_seconds = Gauge("serve_model_load_seconds", "the last load of a version: reading and moving "
+                                  "the weights (load), building the prepared forward (prepare), warming up",
+                                  ["model", "version", "phase"], registry=r, multiprocess_mode="livemax")
+        self.engine_restarts = Counter("serve_engine_restarts", "engines started by the supervisor after the "
+                                       "first (after a crash, a kill, a hang)", registry=r)
+        self.time_to_first_token = Histogram("serve_time_to_first_token_seconds", "from a generation's arrival "
+                                             "to its first token", ["model", "version"], buckets=LATENCY_BUCKETS,
+                                             registry=r)
+        self.time_per_output_token = Histogram("serve_time_per_output_token_seconds", "a finished generation's "
+                                               "mean time per token after the first", ["model", "version"],
+                                               buckets=TOKEN_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("serve_prompt_tokens", "prompt tokens prefilled", ["model", "version"],
+                                     registry=r)
+        self.generated_tokens = Counter("serve_generated_tokens", "tokens generated", ["model", "version"],
+                                        registry=r)
+        self.generations = Gauge("serve_generations", "generations running (in the decoding batch) or waiting",
+                                 ["model", "version", "state"], registry=r, multiprocess_mode="livesum")
+        self.denoising_steps = Counter("serve_denoising_steps", "denoising steps run (each over every active row; "
+                                       "rate() is steps per second)", ["model", "version"], registry=r)
+        self.device_memory = Gauge("serve_device_memory_bytes", "GPU memory of the engine's device, allocated by "
+                                   "tensors and reserved by the caching allocator", ["device", "kind"],
+                                   registry=r, multiprocess_mode="livemax")
 
     def count_refusal(self, model: str) -> None:
         """A refusal under a flood: a dict increment now, into the Prometheus counters at the next flush
@@ -75,14 +105,23 @@ class Metrics:
         if self.multiprocess_dir is not None:
             multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)
 
-    def observer(self, model: str, version: int) -> BatchMetrics:
-        return BatchMetrics(self, model, str(version))
+    def observer(self, model: str, version: int) -> SchedulerMetrics:
+        return SchedulerMetrics(self, model, str(version))
 
 
-class BatchMetrics:
-    """The batcher's observer for one model version."""
+class SchedulerMetrics:
+    """A scheduler's observer for one model version: the batcher's figures, and the generation and denoising
+    loops' own."""
 
     def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        self._queue_wait = metrics.queue_wait.labels(model, version)
+        self._ttft = metrics.time_to_first_token.labels(model, version)
+        self._tpot = metrics.time_per_output_token.labels(model, version)
+        self._prompt_tokens = metrics.prompt_tokens.labels(model, version)
+        self._generated_tokens = metrics.generated_tokens.labels(model, version)
+        self._running = metrics.generations.labels(model, version, "running")
+        self._waiting = metrics.generations.labels(model, version, "waiting")
+        self._steps = metrics.denoising_steps.labels(model, version)
         self._batch_size = metrics.batch_size.labels(model, version)
         self._seconds = metrics.inference_seconds.labels(model, version)
         self._mixed = metrics.mixed_batches.labels(model, version)
@@ -101,3 +140,26 @@ class BatchMetrics:
 
     def dropped(self, reason: str, count: int) -> None:
         self._dropped.labels(*self._labels, reason).inc(count)
+
+    def queue_wait(self, seconds: float) -> None:
+        self._queue_wait.observe(max(0.0, seconds))
+
+    # -- generation --
+    def generation_step(self, running: int, waiting: int, prompt_tokens: int) -> None:
+        """One decoding step: ``running`` rows each made a token, ``prompt_tokens`` were prefilled."""
+        self._generated_tokens.inc(running)
+        if prompt_tokens:
+            self._prompt_tokens.inc(prompt_tokens)
+        self._running.set(running)
+        self._waiting.set(waiting)
+
+    def first_token(self, seconds: float) -> None:
+        self._ttft.observe(max(0.0, seconds))
+
+    def generation_done(self, tokens: int, seconds_after_first: float) -> None:
+        if tokens > 1:
+            self._tpot.observe(seconds_after_first / (tokens - 1))
+
+    # -- denoising --
+    def denoising_step(self) -> None:
+        self._steps.inc()

@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     engine_address: str | None = Field(default=None, description="internal: the engine's ZeroMQ address, set by "
                                        "python -m service for its front-ends; unset = start an engine in-process")
     frontend_index: int = Field(default=0, ge=0, description="internal: this front-end's number, set by the supervisor")
+    engine_restarts: int = Field(default=0, ge=0, description="internal: engines started before this one, set by "
+                                 "the supervisor")
     prepare: bool = Field(default=True, description="build prepared forwards at load (traced, frozen, "
                           "checked against eager); false: eager")
     torch_threads: int = Field(default=0, ge=0, description="the engine's; 0 = half the cores, at most 4")

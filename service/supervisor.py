@@ -117,6 +117,8 @@ class Supervisor:
                 child.process = None
             if child.process is None and now >= child.restart_at and not self.stopping:
                 child.restarts += 1
+                if child is self.engine:  # it counts itself in serve_engine_restarts_total
+                    child.env["SERVE_ENGINE_RESTARTS"] = str(child.restarts)
                 child.start()
 
     def _stop(self, signum: int, frame: object) -> None:

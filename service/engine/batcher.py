@@ -101,6 +101,7 @@ class Timing:
 
     queue_s: float = 0.0
     forward_s: float = 0.0
+    forward_started: float = 0.0  # time.monotonic() when the last of its inputs' forwards began
 
 
 def is_fatal(exc: BaseException) -> bool:
@@ -172,6 +173,7 @@ class Batcher(Scheduler):
             if timing is not None:
                 timing.queue_s = max(item.forward_started - item.enqueued for item in items)
                 timing.forward_s = max(item.forward_s for item in items)
+                timing.forward_started = max(item.forward_started for item in items)
             return results
         except TimeoutError:
             raise DeadlineExceeded() from None

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from service.engine.batcher import BatchFailed, BatchObserver, DeadlineExceeded, ModelUnavailable, QueueFull, is_fatal
+from service.engine.batcher import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull, is_fatal
 from service.engine.scheduler import Scheduler
+from service.metrics import SchedulerMetrics
 from service.runtimes.image_generator import DiffusionRuntime, SampleRequest, Samples
 
 log = logging.getLogger("service.engine.denoising_loop")
@@ -35,13 +36,14 @@ class _Job:
     schedule: list[int] = field(default_factory=list)  # filled in the inference thread when the job joins
     position: int = 0  # how many of its updates are done
     x: torch.Tensor | None = None  # [n, 1, 28, 28]: touched only by the inference thread
+    arrival: float = 0.0  # time.monotonic() when its request reached the server
 
 
 class DenoisingLoop(Scheduler):
     kind = "denoiser"
 
     def __init__(self, name: str, runtime: DiffusionRuntime, executor: Executor, max_active_rows: int,
-                 max_queue: int, observer: BatchObserver | None = None) -> None:
+                 max_queue: int, observer: SchedulerMetrics | None = None) -> None:
         super().__init__(name)
         self.runtime = runtime
         self.max_active_rows = max_active_rows
@@ -57,13 +59,14 @@ class DenoisingLoop(Scheduler):
         return sum(job.request.n for job in self._waiting)
 
     # -- the client side -------------------------------------------------------------------------
-    async def submit(self, request: SampleRequest, deadline: float) -> Samples:
-        """Sample ``request``; cancelling the awaiting task drops it before its next step."""
+    async def submit(self, request: SampleRequest, deadline: float, arrival: float | None = None) -> Samples:
+        """Sample ``request``; cancelling the awaiting task drops it before its next step. ``arrival``: when its
+        request reached the server (``time.monotonic()``)."""
         if not self.alive:
             raise ModelUnavailable(self._dead_reason or "the model is not started")
         if self.depth + request.n > self.max_queue:
             raise QueueFull(retry_after_s=1)
-        job = _Job(request, asyncio.get_running_loop().create_future(), deadline)
+        job = _Job(request, asyncio.get_running_loop().create_future(), deadline, arrival=arrival or time.monotonic())
         self._waiting.append(job)
         self._wakeup.set()
         try:
@@ -95,6 +98,7 @@ class DenoisingLoop(Scheduler):
                 continue
             if self._observer is not None:
                 self._observer.batch_done(rows, time.perf_counter() - started)
+                self._observer.denoising_step()
             for job, images in finished:
                 self._active.remove(job)
                 if not job.future.done():
@@ -108,6 +112,8 @@ class DenoisingLoop(Scheduler):
             job = self._waiting.popleft()
             self._active.append(job)
             rows += job.request.n
+            if self._observer is not None:
+                self._observer.queue_wait(time.monotonic() - job.arrival)
         if self._observer is not None:
             self._observer.queue_depth(self.depth)
 

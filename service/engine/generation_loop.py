@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
-from service.engine.batcher import BatchFailed, BatchObserver, DeadlineExceeded, ModelUnavailable, QueueFull, is_fatal
+from service.engine.batcher import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull, is_fatal
 from service.engine.scheduler import Scheduler
+from service.metrics import SchedulerMetrics
 from service.runtimes.language_model import Event, Finished, GenerationRequest, LanguageModelRuntime, Piece, sample
 
 log = logging.getLogger("service.engine.generation_loop")
@@ -38,7 +39,8 @@ class _Sequence:
     pending: int | None = None  # sampled, sent, not yet fed to the model
     cancelled: bool = False
     done: bool = False
-    enqueued: float = field(default_factory=time.monotonic)
+    enqueued: float = field(default_factory=time.monotonic)  # its request's arrival at the server, if known
+    first_token_at: float = 0.0
 
 
 @dataclass(eq=False)
@@ -80,7 +82,7 @@ class GenerationLoop(Scheduler):
     kind = "decoder"
 
     def __init__(self, name: str, runtime: LanguageModelRuntime, executor: Executor, max_active: int,
-                 max_queue: int, observer: BatchObserver | None = None) -> None:
+                 max_queue: int, observer: SchedulerMetrics | None = None) -> None:
         super().__init__(name)
         self.runtime = runtime
         self.max_active = max_active
@@ -100,7 +102,8 @@ class GenerationLoop(Scheduler):
         self._wakeup.set()
 
     # -- the client side -------------------------------------------------------------------------
-    def submit(self, request: GenerationRequest) -> Generation:
+    def submit(self, request: GenerationRequest, arrival: float | None = None) -> Generation:
+        """Queue a generation; ``arrival`` (``time.monotonic()``) is when its request reached the server."""
         if not self.alive:
             raise ModelUnavailable(self._dead_reason or "the model is not started")
         if len(self._waiting) >= self.max_queue:
@@ -109,7 +112,7 @@ class GenerationLoop(Scheduler):
         generator.manual_seed(request.seed if request.seed is not None else int(torch.randint(0, 2**62, ()).item()))
         # One event per token plus the end: a bounded queue that can never block the loop.
         sequence = _Sequence(request, asyncio.Queue(maxsize=request.max_tokens + 2), generator,
-                             list(request.prompt_ids))
+                             list(request.prompt_ids), enqueued=arrival or time.monotonic())
         self._waiting.append(sequence)
         self.wake()
         return Generation(sequence, self)
@@ -140,8 +143,11 @@ class GenerationLoop(Scheduler):
                 step = None
                 continue
             self._active = [self._active[i] for i in step.keep] + step.joining
-            if self._observer is not None and self._active:
-                self._observer.batch_done(len(self._active), time.perf_counter() - step.started)
+            if self._observer is not None:  # also after the last step, when nothing runs any more
+                if self._active:
+                    self._observer.batch_done(len(self._active), time.perf_counter() - step.started)
+                self._observer.generation_step(len(self._active), len(self._waiting),
+                                               sum(len(s.request.prompt_ids) for s in step.joining))
             for sequence, token in zip(self._active, tokens, strict=True):
                 self._feed(sequence, token)
             self._expire_waiting()
@@ -160,6 +166,10 @@ class GenerationLoop(Scheduler):
             if not candidate.cancelled:
                 joining.append(candidate)
         self._wakeup.clear()
+        if self._observer is not None:
+            now = time.monotonic()
+            for sequence in joining:
+                self._observer.queue_wait(now - sequence.enqueued)
         future = loop.run_in_executor(self._executor, self._iterate, keep, joining)
         return _Step(future, keep, joining, time.perf_counter())
 
@@ -217,6 +227,10 @@ class GenerationLoop(Scheduler):
         """A fed token's text and events: a piece (minus what may start a stop string), and the end."""
         if sequence.done:
             return  # cancelled, or finished by a stop string while this step ran
+        if sequence.generated == 1:
+            sequence.first_token_at = time.monotonic()
+            if self._observer is not None:
+                self._observer.first_token(sequence.first_token_at - sequence.enqueued)
         sequence.text += self.runtime.token_text(token)
         reason = None
         stops = [sequence.text.find(stop, max(0, sequence.emitted - len(stop))) for stop in sequence.request.stop]
@@ -233,6 +247,8 @@ class GenerationLoop(Scheduler):
         if reason:
             sequence.done = True
             sequence.events.put_nowait(Finished(reason, sequence.generated, len(sequence.request.prompt_ids)))
+            if self._observer is not None:
+                self._observer.generation_done(sequence.generated, time.monotonic() - sequence.first_token_at)
 
     @staticmethod
     def _held_back(sequence: _Sequence) -> int:

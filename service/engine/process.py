@@ -100,7 +100,10 @@ async def serve(settings: Settings) -> None:
     if settings.engine_address is None:
         raise SystemExit("SERVE_ENGINE_ADDRESS must be set for an engine process")
     context = zmq.asyncio.Context()
-    engine = InProcessEngine(settings, Metrics(), context, settings.engine_address, exit_on_hang=True)
+    metrics = Metrics()
+    if settings.engine_restarts:  # a restarted engine: the counter's files outlive the engines before it
+        metrics.engine_restarts.inc()
+    engine = InProcessEngine(settings, metrics, context, settings.engine_address, exit_on_hang=True)
     await engine.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

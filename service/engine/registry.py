@@ -142,16 +142,27 @@ class Registry:
     # -- loading -------------------------------------------------------------------------------
     def _load_one(self, served: ServedModel) -> None:
         """Runs in the inference thread: build, verify hash, load, move to the device, warm up."""
+        phases = time.perf_counter()
+
+        def phase_done(phase: str) -> None:
+            nonlocal phases
+            now = time.perf_counter()
+            self.metrics.load_seconds.labels(served.name, str(served.version), phase).set(now - phases)
+            phases = now
+
         module, manifest = models.load(served.path, device="cpu")
         served.manifest = manifest
         served.config = serving_config(self.settings, served.name, manifest)
         runtime = build_runtime(manifest, served.path, self.settings)
         runtime.attach(module, self.device, self.dtype)
+        phase_done("load")
         if self.settings.prepare:
             runtime.prepare_forward(served.config.max_batch_size)
+        phase_done("prepare")
         runtime.warmup(served.config.max_batch_size)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        phase_done("warmup")
         served.runtime = runtime
         served.device, served.dtype = str(self.device), str(runtime.dtype).removeprefix("torch.")
 
@@ -282,6 +293,13 @@ class Registry:
                     loaded - set(wanted)):
                 with contextlib.suppress(LoadFailed):
                     await self.load_model(name)  # a failure is in the index; the serving versions stay
+
+    def record_device_memory(self) -> None:
+        """GPU memory of this engine's device into its gauges (nothing to say on a CPU)."""
+        if self.device.type == "cuda":
+            device = str(self.device)
+            self.metrics.device_memory.labels(device, "allocated").set(torch.cuda.memory_allocated(self.device))
+            self.metrics.device_memory.labels(device, "reserved").set(torch.cuda.memory_reserved(self.device))
 
     def fail_all(self, reason: str) -> None:
         """Every model dead with ``reason``: what waits on them gets 503, and readiness turns false."""

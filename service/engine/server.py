@@ -113,6 +113,7 @@ class EngineServer:
     def status(self, request_id: int = 0) -> Status:
         for served in self.registry.all():  # readiness can change without an event (a scheduler dies)
             self.registry.metrics.loaded.labels(served.name, str(served.version)).set(1 if served.ready else 0)
+        self.registry.record_device_memory()
         models = {f"{served.name}/{served.version}": ModelStatus(
             served.ready, served.status, served.device, served.dtype, served.loaded_at,
             served.scheduler.depth if served.scheduler is not None else 0,
@@ -140,6 +141,7 @@ class EngineServer:
         counted = False
         if served is not None:
             served.in_flight += 1  # an unloading version waits for these
+            self._in_flight(served).inc()
         try:
             counted = self.quotas.enabled and self.quotas.acquire(submit.key)
             if served is None or not served.ready or served.scheduler is None:
@@ -147,13 +149,15 @@ class EngineServer:
                 raise ModelUnavailable(f"{submit.model} v{submit.version} is {status}")
             payloads = self._codec(served).decode(submit.payload)
             scheduler = served.scheduler
+            arrival = submit.arrival or time.monotonic()
             if isinstance(scheduler, GenerationLoop):
-                await self._generate(identity, submit.id, scheduler, payloads[0])
+                await self._generate(identity, submit.id, scheduler, payloads[0], arrival)
                 return
             if isinstance(scheduler, DenoisingLoop):
-                results: list[Any] = [await scheduler.submit(payloads[0], submit.deadline)]
+                results: list[Any] = [await scheduler.submit(payloads[0], submit.deadline, arrival)]
             else:
                 results = await scheduler.submit(payloads, submit.deadline, source=identity, timing=timing)
+                self._queue_wait(served).observe(max(0.0, timing.forward_started - arrival))
             reply: FromEngine = Result(submit.id, PayloadCodec.encode(results), timing.queue_s, timing.forward_s)
         except asyncio.CancelledError:
             raise  # the client went away: nobody waits for an answer
@@ -169,6 +173,7 @@ class EngineServer:
                 self.quotas.release(submit.key)
             if served is not None:
                 served.in_flight -= 1
+                self._in_flight(served).dec()
         await self._send(identity, reply)
 
     def _control_task(self, identity: bytes, control: Control) -> None:
@@ -197,8 +202,15 @@ class EngineServer:
         await self._send(identity, self.status())
         await self._send(identity, reply)
 
-    async def _generate(self, identity: bytes, request_id: int, loop: GenerationLoop, request: Any) -> None:
-        generation = loop.submit(request)
+    def _in_flight(self, served: ServedModel) -> Any:
+        return self.registry.metrics.in_flight.labels(served.name, str(served.version))
+
+    def _queue_wait(self, served: ServedModel) -> Any:
+        return self.registry.metrics.queue_wait.labels(served.name, str(served.version))
+
+    async def _generate(self, identity: bytes, request_id: int, loop: GenerationLoop, request: Any,
+                        arrival: float) -> None:
+        generation = loop.submit(request, arrival)
         async for event in generation.events():
             if isinstance(event, TextPiece):
                 await self._send(identity, Piece(request_id, event.text))

@@ -31,7 +31,7 @@ from service.outcomes import (
     QueueFull,
     QuotaExceeded,
 )
-from service.request_context import KEY_DIGEST, REQUEST_ID, note_engine_times, note_model
+from service.request_context import ARRIVAL, KEY_DIGEST, REQUEST_ID, note_engine_times, note_model
 from service.runtimes.language_model import Finished as TextFinished
 from service.runtimes.language_model import Piece as TextPiece
 from service.transport import (
@@ -168,7 +168,8 @@ class EngineClient:
             raise ModelUnavailable("the engine is not running (restarting?)")
         note_model(model, version, inputs)
         request_id = next(self._ids)
-        message = Submit(request_id, model, version, deadline, payload, REQUEST_ID.get(), KEY_DIGEST.get())
+        message = Submit(request_id, model, version, deadline, payload, REQUEST_ID.get(), KEY_DIGEST.get(),
+                         ARRIVAL.get())
         try:
             self.socket.send(encode(message), flags=zmq.NOBLOCK)
         except zmq.Again:

@@ -17,7 +17,7 @@ from service.frontend.catalog import ServedModel
 from service.frontend.direct import serve_direct
 from service.frontend.predict import ARRIVAL_KEY
 from service.metrics import Metrics
-from service.request_context import ACCESS, REQUEST_ID, AccessRecord, accepted_request_id
+from service.request_context import ACCESS, ARRIVAL, REQUEST_ID, AccessRecord, accepted_request_id
 
 access_log = logging.getLogger("service.access")
 
@@ -33,16 +33,17 @@ class ServeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        scope[ARRIVAL_KEY] = time.monotonic()
+        scope[ARRIVAL_KEY] = arrived = time.monotonic()
         declared, presented_id = _headers_of_interest(scope)
         request_id = accepted_request_id(presented_id)
         record = AccessRecord(scope["method"]) if self.access_log else None
-        id_token, access_token = REQUEST_ID.set(request_id), ACCESS.set(record)
+        tokens = REQUEST_ID.set(request_id), ACCESS.set(record), ARRIVAL.set(arrived)
         try:
             await self._serve(scope, receive, send, declared, (b"x-request-id", request_id.encode()), record)
         finally:
-            REQUEST_ID.reset(id_token)
-            ACCESS.reset(access_token)
+            REQUEST_ID.reset(tokens[0])
+            ACCESS.reset(tokens[1])
+            ARRIVAL.reset(tokens[2])
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, declared: int | None,
                      id_header: tuple[bytes, bytes], record: AccessRecord | None) -> None:

@@ -62,6 +62,13 @@ class Observer:
     def dropped(self, reason: str, count: int) -> None:
         self.dropped_counts[reason] = self.dropped_counts.get(reason, 0) + count
 
+    # the generation and denoising loops' figures (service.metrics.SchedulerMetrics)
+    def queue_wait(self, seconds: float) -> None:
+        self.waits = [*getattr(self, "waits", []), seconds]
+
+    def denoising_step(self) -> None:
+        self.steps = getattr(self, "steps", 0) + 1
+
 
 def make(model: RecordingModel, **config: Any) -> tuple[Batcher, ThreadPoolExecutor, Observer]:
     executor = ThreadPoolExecutor(max_workers=1)

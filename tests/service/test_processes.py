@@ -174,6 +174,7 @@ def test_an_engine_killed_mid_traffic_fails_fast_and_comes_back(server: Server, 
     [new_engine] = role_pids(server.process, "engine")
     assert new_engine != engine and recovery < 30, (time.monotonic() - killed_at)
     assert post_png(server.base, digit_png).json()["predictions"][0]["label"] is not None
+    assert metric(httpx.get(f"{server.base}/metrics").text, "serve_engine_restarts_total") == 1
 
 
 def test_a_killed_front_end_is_replaced_while_the_other_serves(server: Server, digit_png: bytes) -> None:

@@ -1,0 +1,75 @@
+"""The metrics an SLO is written on, in /metrics: queue wait, requests in flight, load and warm-up time,
+engine restarts, a language model's time to first token, time per output token, token counts and running
+and waiting generations, and denoising steps; in the one-process server here, and summed over every
+process under the supervisor (tests/service/test_processes.py)."""
+
+from __future__ import annotations
+
+import httpx
+from fastapi.testclient import TestClient
+
+from bench.servers import metric
+from tests.service.test_processes import Server
+
+
+def test_the_slo_metrics_count_what_was_served(client: TestClient, digit_png: bytes) -> None:
+    for _ in range(3):
+        assert client.post("/v1/models/tiny-cnn/predict", content=digit_png,
+                           headers={"content-type": "image/png"}).status_code == 200
+    generated = client.post("/v1/models/tiny-gpt/generate", json={"prompt": "hello", "max_tokens": 6, "seed": 1})
+    assert generated.status_code == 200 and generated.json()["tokens"] == 6
+    assert client.get("/v1/models/tiny-ddpm/samples?n=2&steps=3&seed=0&format=json").status_code == 200
+    text = client.get("/metrics").text
+    cnn, gpt, ddpm = {"model": "tiny-cnn", "version": "2"}, {"model": "tiny-gpt"}, {"model": "tiny-ddpm"}
+    assert metric(text, "serve_queue_wait_seconds_count", **cnn) == 3
+    assert 0 < metric(text, "serve_queue_wait_seconds_sum", **cnn) < 5
+    assert metric(text, "serve_queue_wait_seconds_count", **gpt) == 1  # until its first step
+    assert metric(text, "serve_queue_wait_seconds_count", **ddpm) == 1  # until its first denoising step
+    assert metric(text, "serve_requests_in_flight", **cnn) == 0  # all answered
+    assert "serve_requests_in_flight{" in text
+    for phase in ("load", "prepare", "warmup"):
+        assert metric(text, "serve_model_load_seconds", phase=phase, **cnn) >= 0
+    assert metric(text, "serve_model_load_seconds", phase="load", **cnn) > 0
+    assert metric(text, "serve_engine_restarts_total") == 0
+    assert metric(text, "serve_time_to_first_token_seconds_count", **gpt) == 1
+    assert metric(text, "serve_time_per_output_token_seconds_count", **gpt) == 1
+    assert metric(text, "serve_generated_tokens_total", **gpt) == 6
+    assert metric(text, "serve_prompt_tokens_total", **gpt) == len("hello")  # a character model
+    assert metric(text, "serve_generations", state="running", **gpt) == 0
+    assert metric(text, "serve_generations", state="waiting", **gpt) == 0
+    assert metric(text, "serve_denoising_steps_total", **ddpm) == 3
+
+
+def test_in_flight_counts_a_running_generation(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(max_new_tokens=100_000)
+    with client.stream("POST", "/v1/models/tiny-gpt/generate",
+                       json={"prompt": "ab", "max_tokens": 100_000, "stream": True}) as response:
+        for _ in zip(range(3), response.iter_lines(), strict=False):
+            pass  # it is generating
+        text = client.get("/metrics").text
+        assert metric(text, "serve_requests_in_flight", model="tiny-gpt") == 1
+        assert metric(text, "serve_generations", model="tiny-gpt", state="running") == 1
+
+
+def test_the_metrics_are_summed_over_every_process(tmp_path, digit_png: bytes) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import make_artifact, make_lm_artifact
+
+    make_artifact(tmp_path, "tiny-cnn", 1, "cnn")
+    make_lm_artifact(tmp_path, "tiny-gpt")
+    server = Server(tmp_path, "--workers", "2")
+    try:
+        server.wait_ready()
+        for _ in range(8):
+            with httpx.Client() as one:  # new connections: both front-ends serve
+                assert one.post(f"{server.base}/v1/models/tiny-cnn/predict", content=digit_png,
+                                headers={"content-type": "image/png"}).status_code == 200
+        assert httpx.post(f"{server.base}/v1/models/tiny-gpt/generate",
+                          json={"prompt": "ab", "max_tokens": 4}).status_code == 200
+        text = httpx.get(f"{server.base}/metrics").text
+    finally:
+        server.stop()
+    assert metric(text, "serve_queue_wait_seconds_count", model="tiny-cnn") == 8
+    assert metric(text, "serve_generated_tokens_total", model="tiny-gpt") == 4
+    assert metric(text, "serve_time_to_first_token_seconds_count", model="tiny-gpt") == 1
+    assert metric(text, "serve_model_load_seconds", model="tiny-cnn", phase="load") > 0
+    assert metric(text, "serve_engine_restarts_total") == 0
