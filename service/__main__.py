@@ -13,6 +13,7 @@ import sys
 
 from pydantic import ValidationError
 
+from service import tracing
 from service.logging_setup import configure_logging
 from service.settings import Settings, unknown_settings
 from service.supervisor import Supervisor
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         from service.frontend.drain import DrainingServer
         from service.frontend.main import create_app
 
+        tracing.setup("server")
         app = create_app(settings)
         config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                                 log_config=None, access_log=False, timeout_keep_alive=30)

@@ -34,6 +34,7 @@ class Submit(msgspec.Struct, tag="submit", array_like=True):
     request_id: str = ""  # the HTTP request's X-Request-ID, for the engine's log lines about it
     key: str = ""  # a digest of its API key, when keys have quotas (service/quotas.py)
     arrival: float = 0.0  # time.monotonic() of its arrival at the front-end (0: unknown), for the queue wait
+    traceparent: str = ""  # the front-end's span, when tracing is on (service/tracing.py)
 
 
 class Cancel(msgspec.Struct, tag="cancel", array_like=True):

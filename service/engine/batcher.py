@@ -93,6 +93,7 @@ class _Item:
     source: bytes = b""  # the front-end that sent it
     forward_started: float = 0.0  # time.monotonic() when its forward began
     forward_s: float = 0.0
+    forward_batch: int = 0  # inputs in that forward
 
 
 @dataclass
@@ -102,6 +103,7 @@ class Timing:
     queue_s: float = 0.0
     forward_s: float = 0.0
     forward_started: float = 0.0  # time.monotonic() when the last of its inputs' forwards began
+    batch_size: int = 0  # the largest forward its inputs were in
 
 
 def is_fatal(exc: BaseException) -> bool:
@@ -174,6 +176,7 @@ class Batcher(Scheduler):
                 timing.queue_s = max(item.forward_started - item.enqueued for item in items)
                 timing.forward_s = max(item.forward_s for item in items)
                 timing.forward_started = max(item.forward_started for item in items)
+                timing.batch_size = max(item.forward_batch for item in items)
             return results
         except TimeoutError:
             raise DeadlineExceeded() from None
@@ -283,7 +286,7 @@ class Batcher(Scheduler):
             raise RuntimeError(f"forward returned {len(results)} results for {len(live)} inputs")
         seconds = time.perf_counter() - started
         for item in live:
-            item.forward_started, item.forward_s = now, seconds
+            item.forward_started, item.forward_s, item.forward_batch = now, seconds, len(live)
         return live, results, seconds
 
     def _deliver(self, forward: asyncio.Future[Any], *, items: list[_Item]) -> None:

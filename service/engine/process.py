@@ -15,6 +15,7 @@ import torch
 import zmq
 import zmq.asyncio
 
+from service import tracing
 from service.engine.registry import Registry
 from service.engine.server import EngineServer
 from service.engine.watchdog import Watchdog
@@ -132,5 +133,6 @@ async def _stop_when_orphaned(stop: asyncio.Event) -> None:
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
+    tracing.setup("engine")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(settings))

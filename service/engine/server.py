@@ -19,6 +19,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
+from service import tracing
 from service.engine.batcher import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull, Timing
 from service.engine.denoising_loop import DenoisingLoop
 from service.engine.generation_loop import GenerationLoop
@@ -137,6 +138,15 @@ class EngineServer:
 
     async def _run(self, identity: bytes, submit: Submit, served: ServedModel | None) -> None:
         REQUEST_ID.set(submit.request_id)  # this task's own context: its log lines carry the request's ID
+        if tracing.active() and submit.traceparent:
+            with tracing.engine_span(submit.traceparent, submit.model, submit.version) as span:
+                outcome = await self._serve(identity, submit, served)
+                span.set_attribute("serve.outcome", outcome)
+        else:
+            await self._serve(identity, submit, served)
+
+    async def _serve(self, identity: bytes, submit: Submit, served: ServedModel | None) -> str:
+        """Run one request on its model's scheduler and send the outcome back; the outcome's kind."""
         timing = Timing()
         counted = False
         if served is not None:
@@ -152,12 +162,16 @@ class EngineServer:
             arrival = submit.arrival or time.monotonic()
             if isinstance(scheduler, GenerationLoop):
                 await self._generate(identity, submit.id, scheduler, payloads[0], arrival)
-                return
+                return "generated"
             if isinstance(scheduler, DenoisingLoop):
-                results: list[Any] = [await scheduler.submit(payloads[0], submit.deadline, arrival)]
+                with tracing.span("sample", **{"serve.images": payloads[0].n}):
+                    results: list[Any] = [await scheduler.submit(payloads[0], submit.deadline, arrival)]
             else:
                 results = await scheduler.submit(payloads, submit.deadline, source=identity, timing=timing)
                 self._queue_wait(served).observe(max(0.0, timing.forward_started - arrival))
+                tracing.timed_child("queue", arrival, timing.forward_started)
+                tracing.timed_child("forward", timing.forward_started, timing.forward_started + timing.forward_s,
+                                    **{"serve.batch_size": timing.batch_size, "serve.inputs": len(payloads)})
             reply: FromEngine = Result(submit.id, PayloadCodec.encode(results), timing.queue_s, timing.forward_s)
         except asyncio.CancelledError:
             raise  # the client went away: nobody waits for an answer
@@ -168,6 +182,9 @@ class EngineServer:
             if failed.kind == "unavailable":
                 # the front-end learns the new readiness before it answers this request's 503
                 await self._send(identity, self.status())
+            outcome = failed.kind
+        else:
+            outcome = "ok"
         finally:
             if counted:
                 self.quotas.release(submit.key)
@@ -175,6 +192,7 @@ class EngineServer:
                 served.in_flight -= 1
                 self._in_flight(served).dec()
         await self._send(identity, reply)
+        return outcome
 
     def _control_task(self, identity: bytes, control: Control) -> None:
         task = asyncio.create_task(self._control(identity, control), name=f"control:{control.action}")
@@ -211,11 +229,15 @@ class EngineServer:
     async def _generate(self, identity: bytes, request_id: int, loop: GenerationLoop, request: Any,
                         arrival: float) -> None:
         generation = loop.submit(request, arrival)
-        async for event in generation.events():
-            if isinstance(event, TextPiece):
-                await self._send(identity, Piece(request_id, event.text))
-            else:
-                await self._send(identity, Finished(request_id, event.reason, event.tokens, event.prompt_tokens))
+        with tracing.span("generate", **{"serve.max_tokens": request.max_tokens}) as span:
+            async for event in generation.events():
+                if isinstance(event, TextPiece):
+                    await self._send(identity, Piece(request_id, event.text))
+                else:
+                    await self._send(identity, Finished(request_id, event.reason, event.tokens, event.prompt_tokens))
+                    if span is not None:
+                        span.set_attributes({"serve.tokens": event.tokens, "serve.prompt_tokens": event.prompt_tokens,
+                                             "serve.finish_reason": event.reason})
 
     def _codec(self, served: ServedModel) -> PayloadCodec:
         key = (served.name, served.version)

@@ -23,6 +23,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from service import tracing
 from service.outcomes import (
     BatchFailed,
     ControlFailed,
@@ -169,7 +170,7 @@ class EngineClient:
         note_model(model, version, inputs)
         request_id = next(self._ids)
         message = Submit(request_id, model, version, deadline, payload, REQUEST_ID.get(), KEY_DIGEST.get(),
-                         ARRIVAL.get())
+                         ARRIVAL.get(), tracing.traceparent())
         try:
             self.socket.send(encode(message), flags=zmq.NOBLOCK)
         except zmq.Again:

@@ -18,7 +18,7 @@ import zmq.asyncio
 from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from service import __version__
+from service import __version__, tracing
 from service.errors import install_error_handlers
 from service.frontend.catalog import Catalog
 from service.frontend.engine_client import EngineClient
@@ -117,4 +117,5 @@ def app_from_environment() -> FastAPI:
     """The factory of a front-end process: settings and logging from ``SERVE_*``."""
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
+    tracing.setup("frontend")
     return create_app(settings)

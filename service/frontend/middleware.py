@@ -8,10 +8,12 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import tracing
 from service.errors import ServeError, error_response
 from service.frontend.catalog import ServedModel
 from service.frontend.direct import serve_direct
@@ -36,10 +38,17 @@ class ServeMiddleware:
         scope[ARRIVAL_KEY] = arrived = time.monotonic()
         declared, presented_id = _headers_of_interest(scope)
         request_id = accepted_request_id(presented_id)
-        record = AccessRecord(scope["method"]) if self.access_log else None
+        traced = tracing.active()
+        record = AccessRecord(scope["method"]) if self.access_log or traced else None
         tokens = REQUEST_ID.set(request_id), ACCESS.set(record), ARRIVAL.set(arrived)
+        id_header = (b"x-request-id", request_id.encode())
         try:
-            await self._serve(scope, receive, send, declared, (b"x-request-id", request_id.encode()), record)
+            if traced:
+                with tracing.request_span(scope["headers"], scope["method"]) as span:
+                    await self._serve(scope, receive, send, declared, id_header, record)
+                    describe_span(span, record, request_id)
+            else:
+                await self._serve(scope, receive, send, declared, id_header, record)
         finally:
             REQUEST_ID.reset(tokens[0])
             ACCESS.reset(tokens[1])
@@ -107,15 +116,31 @@ class ServeMiddleware:
         self.metrics.frontend_requests.labels(self.metrics.frontend).inc()
         self.metrics.request_seconds.labels(model, template, str(status)).observe(seconds)
 
-    @staticmethod
-    def _log_access(scope: Scope, record: AccessRecord, status: int, started: float, template: str | None,
+    def _log_access(self, scope: Scope, record: AccessRecord, status: int, started: float, template: str | None,
                     served: ServedModel | None) -> None:
+        """Complete the request's record (for its span too) and, with SERVE_ACCESS_LOG, write its line."""
         record.route = template or _template(scope)
         record.status = status
         record.total_ms = round((time.monotonic() - started) * 1000, 3)
         if not record.model and served is not None:  # refused or failed before it reached the engine
             record.model, record.version = served.name, served.version
-        access_log.info("%s %s %d", record.method, record.route, status, extra={"access": record.as_dict()})
+        if self.access_log:
+            access_log.info("%s %s %d", record.method, record.route, status, extra={"access": record.as_dict()})
+
+
+def describe_span(span: Any, record: AccessRecord | None, request_id: str) -> None:
+    """The request's span, named and labelled once it is answered."""
+    if record is None:
+        return
+    span.update_name(f"{record.method} {record.route}")
+    span.set_attributes({"http.request.method": record.method, "http.route": record.route,
+                         "http.response.status_code": record.status, "serve.request_id": request_id,
+                         "serve.model": record.model, "serve.version": record.version or 0,
+                         "serve.inputs": record.inputs})
+    if record.status >= 500:
+        from opentelemetry.trace import Status, StatusCode
+
+        span.set_status(Status(StatusCode.ERROR, f"HTTP {record.status}"))
 
 
 def _template(scope: Scope) -> str:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from PIL import Image
 from starlette.requests import Request
 
+from service import tracing
 from service.errors import ServeError
 from service.frontend.catalog import ServedModel
 from service.outcomes import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull, QuotaExceeded
@@ -126,7 +127,8 @@ async def decode_and_infer(request: Request, served: ServedModel, decode: Callab
     require_ready(served)
     units = sum(served.runtime.units(raw) for raw in raw_inputs)
     with served.admission.take(served.name, units):
-        payloads = await decode_all(decode, raw_inputs)
+        with tracing.span("decode", **{"serve.inputs": len(raw_inputs)}):
+            payloads = await decode_all(decode, raw_inputs)
         return await infer(request, served, payloads, timeout_s)
 
 
