@@ -33,7 +33,7 @@ def seconds(duration: str) -> float:
 
 
 def test_kubernetes_waits_for_the_drain() -> None:
-    pod = yaml.safe_load((REPO / "deploy/deployment.yaml").read_text())["spec"]["template"]["spec"]
+    pod = yaml.safe_load((REPO / "deploy/base/deployment.yaml").read_text())["spec"]["template"]["spec"]
     [container] = pod["containers"]
     assert "preStop" not in container.get("lifecycle", {})  # the server's own delay replaces the sleep
     assert pod["terminationGracePeriodSeconds"] >= longest_drain_s(env_of(container))
