@@ -64,7 +64,14 @@ def kustomization_roots() -> list[Path]:
 
 
 def manifest_files() -> list[Path]:
-    return sorted(path for path in DEPLOY.rglob("*.yaml") if path.name not in NOT_RESOURCES)
+    """The YAML files in deploy/ that hold Kubernetes resources (an apiVersion and a kind), not other tools'
+    configuration (Prometheus's, Grafana's provisioning)."""
+    return sorted(path for path in DEPLOY.rglob("*.y*ml") if path.suffix in (".yaml", ".yml")
+                  and path.name not in NOT_RESOURCES and any(is_resource(doc) for doc in load_all(path.read_text())))
+
+
+def is_resource(doc: Any) -> bool:
+    return isinstance(doc, dict) and isinstance(doc.get("apiVersion"), str) and isinstance(doc.get("kind"), str)
 
 
 def load_all(text: str) -> list[dict[str, Any]]:
