@@ -8,6 +8,8 @@ the engine writes its batch, queue and forward figures there, each front-end its
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -20,6 +22,7 @@ from prometheus_client import (
 )
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 TOKEN_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -76,9 +79,25 @@ class Metrics:
                                  ["model", "version", "state"], registry=r, multiprocess_mode="livesum")
         self.denoising_steps = Counter("serve_denoising_steps", "denoising steps run (each over every active row; "
                                        "rate() is steps per second)", ["model", "version"], registry=r)
+        self.resident_memory = Gauge("serve_process_resident_memory_bytes", "resident memory of each process of "
+                                     "the server (engine, frontend-N; server: the one-process mode)", ["process"],
+                                     registry=r, multiprocess_mode="livesum")
+        self._memory_read_at = 0.0
         self.device_memory = Gauge("serve_device_memory_bytes", "GPU memory of the engine's device, allocated by "
                                    "tensors and reserved by the caching allocator", ["device", "kind"],
                                    registry=r, multiprocess_mode="livemax")
+
+    def record_memory(self, process: str) -> None:
+        """This process's resident memory into its gauge, at most once a second (Linux: /proc/self/statm)."""
+        now = time.monotonic()
+        if now - self._memory_read_at < 1.0:
+            return
+        self._memory_read_at = now
+        try:
+            pages = int(Path("/proc/self/statm").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            return  # not Linux: no figure rather than a wrong one
+        self.resident_memory.labels(process).set(pages * PAGE_SIZE)
 
     def count_refusal(self, model: str) -> None:
         """A refusal under a flood: a dict increment now, into the Prometheus counters at the next flush

@@ -115,6 +115,8 @@ class EngineServer:
         for served in self.registry.all():  # readiness can change without an event (a scheduler dies)
             self.registry.metrics.loaded.labels(served.name, str(served.version)).set(1 if served.ready else 0)
         self.registry.record_device_memory()
+        if self.registry.settings.engine_address is not None:  # an engine process (else: the front-end's)
+            self.registry.metrics.record_memory("engine")
         models = {f"{served.name}/{served.version}": ModelStatus(
             served.ready, served.status, served.device, served.dtype, served.loaded_at,
             served.scheduler.depth if served.scheduler is not None else 0,

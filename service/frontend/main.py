@@ -73,7 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 log.warning("no word from the engine at %s after %g s: serving, not ready", address,
                             FIRST_STATUS_TIMEOUT_S)
             app.state.catalog = Catalog(settings, client)
-            flusher = asyncio.create_task(flush_refusals(metrics), name="flush-refusals")
+            process = f"frontend-{settings.frontend_index}" if settings.engine_address else "server"
+            flusher = asyncio.create_task(flush_refusals(metrics, process), name="flush-refusals")
             try:
                 yield
             finally:
@@ -107,10 +108,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def flush_refusals(metrics: Metrics) -> None:
+async def flush_refusals(metrics: Metrics, process: str) -> None:
     while True:
         await asyncio.sleep(0.5)
         metrics.flush_refusals(FAST_ROUTE)
+        metrics.record_memory(process)
 
 
 def app_from_environment() -> FastAPI:
