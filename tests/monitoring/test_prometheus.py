@@ -62,9 +62,10 @@ def test_prometheus_scrapes_the_server_and_every_dashboard_query_has_data(tmp_pa
     config["scrape_configs"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{server.port}"]}]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
-    prometheus = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-                                   f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-                                  stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("wb"))
+    flags = [f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}"]
+    prometheus = subprocess.Popen([binary, *flags], stdout=subprocess.DEVNULL,
+                                  stderr=(tmp_path / "prometheus.log").open("wb"))
     base = f"http://127.0.0.1:{port}"
     stop = threading.Event()
     try:
