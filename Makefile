@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 export SERVE_HOST SERVE_PORT
 .EXPORT_ALL_VARIABLES:
 
-.PHONY: setup serve test test-load test-monitoring test-soak test-browser test-accuracy test-all lint bench docker-build train-% clean
+.PHONY: setup serve test test-system test-load test-monitoring test-soak test-browser test-accuracy test-all lint bench docker-build train-% clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,9 @@ test-load: setup
 	$(BIN)/python -m pytest -q -m load $(PYTEST_ARGS)
 
 # Ten minutes of mixed traffic to every model on a real server (SOAK_SECONDS=600); prints its report (-s).
+test-system: setup
+	$(BIN)/python -m pytest -q -m system $(PYTEST_ARGS)
+
 test-monitoring: setup
 	command -v prometheus >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus) || echo "prometheus could not be installed: its test will be skipped"
 	$(BIN)/python -m pytest -q -s -m monitoring $(PYTEST_ARGS)
@@ -43,7 +46,7 @@ test-browser: setup
 test-accuracy: setup
 	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
-test-all: test test-accuracy test-load test-monitoring test-soak test-browser lint
+test-all: test test-system test-accuracy test-load test-monitoring test-soak test-browser lint
 
 lint: setup
 	$(BIN)/ruff check models training service tests bench

@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import make_artifact, make_lm_artifact
 from tests.service.test_processes import Server
 
+pytestmark = pytest.mark.system  # real processes: make test-system
 PNG = {"content-type": "image/png"}
 
 

@@ -6,6 +6,7 @@ process under the supervisor (tests/service/test_processes.py)."""
 from __future__ import annotations
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
 from bench.servers import metric
@@ -51,6 +52,7 @@ def test_in_flight_counts_a_running_generation(make_client) -> None:  # type: ig
         assert metric(text, "serve_generations", model="tiny-gpt", state="running") == 1
 
 
+@pytest.mark.system  # real processes: make test-system
 def test_the_metrics_are_summed_over_every_process(tmp_path, digit_png: bytes) -> None:  # type: ignore[no-untyped-def]
     from tests.conftest import make_artifact, make_lm_artifact
 

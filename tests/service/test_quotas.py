@@ -84,6 +84,7 @@ def test_quotas_must_name_configured_keys_and_never_echo_them(weights_dir: Path)
         Settings(weights_dir=weights_dir, api_keys=["k"], key_quotas={"k": {"requests_per_s": 0}})
 
 
+@pytest.mark.system  # real processes: make test-system
 def test_the_limit_holds_for_the_whole_server_across_front_ends(tmp_path: Path, digit_png: bytes) -> None:
     make_artifact(tmp_path, "tiny-cnn", 1, "cnn")
     server = Server(tmp_path, "--workers", "2", "--api-keys", "k1", "--key-quotas",

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import make_artifact
 from tests.service.test_processes import Server
@@ -121,6 +122,7 @@ class Traffic:
         return Counter(version for _, version in self.answers[start:])
 
 
+@pytest.mark.system  # real processes: make test-system
 def test_a_new_version_is_swapped_in_under_traffic_without_a_failed_request(tmp_path: Path, digit_png: bytes) -> None:
     make_artifact(tmp_path, "tiny-cnn", 1, "cnn", seed=0)
     server = Server(tmp_path, "--workers", "2", "--model-control", "explicit", "--models", "tiny-cnn",
@@ -156,6 +158,7 @@ def test_a_new_version_is_swapped_in_under_traffic_without_a_failed_request(tmp_
           f"{sum(n for s, n in statuses.items() if s != 200)} failed")
 
 
+@pytest.mark.system  # real processes: make test-system
 def test_polling_serves_new_versions_and_drops_removed_ones(tmp_path: Path, digit_png: bytes) -> None:
     make_artifact(tmp_path, "tiny-cnn", 1, "cnn", seed=0)
     server = Server(tmp_path, "--workers", "2", "--model-control", "poll", "--poll-s", "0.3",

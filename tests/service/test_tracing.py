@@ -67,6 +67,7 @@ def receiver() -> Iterator[Receiver]:
     running.server.shutdown()
 
 
+@pytest.mark.system  # real processes: make test-system
 def test_a_request_is_traced_across_the_engine_boundary(tmp_path: Path, receiver: Receiver,
                                                         digit_png: bytes) -> None:
     make_artifact(tmp_path, "tiny-cnn", 1, "cnn")

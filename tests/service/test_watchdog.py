@@ -77,6 +77,7 @@ def hanging_install(tmp_path: Path) -> tuple[Path, Path]:
     return site, weights
 
 
+@pytest.mark.system  # real processes: make test-system
 def test_a_hung_forward_restarts_the_engine_and_fails_its_requests_fast(hanging_install: tuple[Path, Path]) -> None:
     site, weights = hanging_install
     server = Server(weights, "--workers", "2", "--watchdog-floor-s", "1", "--timeout-ms", "30000",
