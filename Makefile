@@ -28,7 +28,6 @@ test-load: setup
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) || echo "wrk could not be installed: its test will be skipped"
 	$(BIN)/python -m pytest -q -m load $(PYTEST_ARGS)
 
-# Ten minutes of mixed traffic to every model on a real server (SOAK_SECONDS=600); prints its report (-s).
 test-system: setup
 	$(BIN)/python -m pytest -q -m system $(PYTEST_ARGS)
 
@@ -36,6 +35,7 @@ test-monitoring: setup
 	command -v prometheus >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus) || echo "prometheus could not be installed: its test will be skipped"
 	$(BIN)/python -m pytest -q -s -m monitoring $(PYTEST_ARGS)
 
+# Ten minutes of mixed traffic to every model on a real server (SOAK_SECONDS=600); prints its report (-s).
 test-soak: setup
 	$(BIN)/python -m pytest -q -s -m soak $(PYTEST_ARGS)
 
