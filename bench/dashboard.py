@@ -5,8 +5,8 @@ Prometheus scraping it every 2 s with deploy/monitoring/prometheus.yml (its targ
 then drives the load of ``make bench`` for ours: wrk posting one raw MNIST PNG to mnist-cnn at each
 concurrency (16, 64, 128 connections, ``--duration`` s each, after a 3 s warm-up), with, throughout, a few
 generation streams on shakespeare-gpt and a few bad requests (400s and 404s) a second, so that every panel
-has something to show. After a calm spell it reads, for each concurrency, the figures of its run from
-Prometheus, renders deploy/monitoring/dashboard.html (the Grafana dashboard's panels and PromQL, drawn by a
+has something to show (alone first, for ``--calm`` s). After a calm spell it reads the figures of each run
+from Prometheus, renders deploy/monitoring/dashboard.html (the Grafana dashboard's panels and PromQL, drawn by a
 page of ours: Grafana does not run here) over the whole run in headless Chromium, and saves a screenshot.
 
 This is not ``make bench``'s measurement: its own timed runs start the server with mnist-cnn alone and
@@ -63,8 +63,8 @@ class Options:
 
 @dataclass
 class Phase:
-    name: str  # "c16" ...
-    connections: int
+    name: str  # "calm" (streams and errors only), "c16" ...
+    connections: int  # wrk's; 0 for "calm"
     start: float  # unix seconds
     end: float
     wrk: dict[str, float] = field(default_factory=dict)
@@ -78,8 +78,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--concurrency", default="16,64,128", help="comma-separated wrk connection counts")
     parser.add_argument("--duration", type=int, default=25, help="seconds of wrk at each concurrency")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of wrk warm-up at the highest concurrency")
-    parser.add_argument("--calm", type=int, default=10, help="seconds before the load (streams and errors only) "
-                                                             "and after it (nothing)")
+    parser.add_argument("--calm", type=int, default=15, help="seconds before the load (streams and errors only: "
+                                                             "the 'calm' row) and after it (nothing)")
     parser.add_argument("--streams", type=int, default=2, help="concurrent generation streams on shakespeare-gpt")
     parser.add_argument("--stream-tokens", type=int, default=64, help="max_tokens of each generation")
     parser.add_argument("--errors-per-s", type=float, default=4.0, help="bad requests a second (400s and 404s)")
@@ -89,8 +89,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--startup-timeout", type=float, default=180.0, help="seconds for the server to turn ready")
     args = parser.parse_args(argv)
     concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
-    if not concurrency or min(concurrency) < 1 or args.duration < 6 or args.calm < 0 or args.streams < 0:
-        parser.error("need concurrency levels >= 1, --duration >= 6, --calm >= 0 and --streams >= 0")
+    if not concurrency or min(concurrency) < 1 or args.duration < 10 or args.calm < 10 or args.streams < 0:
+        parser.error("need concurrency levels >= 1, --duration and --calm >= 10 and --streams >= 0")
     return Options(concurrency, args.duration, args.warmup, args.calm, args.streams, args.stream_tokens,
                    args.errors_per_s, args.screenshot.resolve(), args.out.resolve(), args.width,
                    args.startup_timeout)
@@ -260,7 +260,7 @@ def screenshot(page_base: str, prometheus_base: str, start: float, end: float, p
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         raise SystemExit("chromium is not installed: apt-get install -y chromium")
-    marks = ",".join(f"{int(p.start)}:{p.connections} connections" for p in phases)
+    marks = ",".join(f"{int(p.start)}:{p.connections} connections" for p in phases if p.connections)
     url = (f"{page_base}/dashboard.html?prometheus={prometheus_base}&from={int(start)}&to={int(end) + 1}"
            f"&scrape={SCRAPE_S}&marks={marks}")
     with sync_playwright() as playwright:
@@ -300,7 +300,8 @@ def markdown(phases: list[Phase], meta: dict[str, Any]) -> str:
             "|---:" * 15 + "|"]
     for p in phases:
         f = p.figures
-        rows.append(f"| {p.connections} | {p.wrk['rps']:.0f} | {p.wrk['p50_ms']:.1f} / {p.wrk['p99_ms']:.1f} "
+        by_wrk = f"{p.wrk['rps']:.0f} | {p.wrk['p50_ms']:.1f} / {p.wrk['p99_ms']:.1f}" if p.wrk else "- | -"
+        rows.append(f"| {p.connections or p.name} | {by_wrk} "
                     f"| {num(f['mnist_rps'], 0)} | {ms(f['mnist_p50_s'])} / {ms(f['mnist_p99_s'])} "
                     f"| {ms(f['mnist_queue_wait_p99_s'])} | {num(f['mnist_mean_batch'])} | {num(f['mnist_in_flight'])} "
                     f"| {num(f['mnist_queue_depth'])} | {num(f['errors_rps'])} | {num(f['gpt_tokens_per_s'], 0)} "
@@ -335,7 +336,11 @@ def run(options: Options, command: str) -> str:
         time.sleep(2 * SCRAPE_S)
         start = time.time()
         with background(server.base_url, options) as counts:
-            time.sleep(options.calm_s)
+            calm = Phase("calm", 0, time.time(), 0.0)
+            with proctree.usage(server.pid) as usage:
+                time.sleep(options.calm_s)
+            calm.end, calm.cores = time.time(), usage.cores
+            phases.append(calm)
             for connections in options.concurrency:
                 phase = Phase(f"c{connections}", connections, time.time(), 0.0)
                 with proctree.usage(server.pid) as usage:
