@@ -1,6 +1,7 @@
 # PyTorch model server (python -m service). `requirements` lists the runtime dependencies of
-# pyproject.toml, `builder` makes /opt/venv with them (torch build per TORCH_VARIANT), and
-# `runtime` copies the venv and the app onto a fresh base and runs as a non-root user.
+# pyproject.toml, `builder` makes /opt/venv with them at the versions locked in constraints.txt (torch
+# build per TORCH_VARIANT), and `runtime` copies the venv and the app onto a fresh base and runs as a
+# non-root user. The README's "Docker" section has the whole story; `make docker-build` wraps this.
 #
 #   CPU (default):  docker build -t serve:cpu .
 #   CUDA:           docker build --build-arg TORCH_VARIANT=cuda -t serve:cuda .
@@ -8,10 +9,11 @@
 #
 # Build args:
 #   BASE_IMAGE            any Debian-like image with python3 (3.11+) and its venv module
-#   TORCH_VARIANT         cpu | cuda (the torch version is the pin in pyproject.toml)
-#   TORCH_INDEX_URL       cpu variant: extra index for the CPU wheel; empty = none (offline, see docker/wheels/)
+#   TORCH_VARIANT         cpu | cuda (the torch version is the pin in pyproject.toml and constraints.txt)
+#   TORCH_INDEX_URL       cpu variant: extra index for the CPU wheel; empty = none (the wheel in docker/wheels/)
 #   TORCH_CUDA_INDEX_URL  cuda variant: empty = PyPI (the CUDA build on Linux x86_64), or a cu index,
 #                         e.g. https://download.pytorch.org/whl/cu128
+#   OFFLINE               1 = no index at all: every wheel from docker/wheels/ (make docker-wheels fills it)
 # Optional files in the context: docker/wheels/*.whl (pip --find-links), docker/host-ca.crt (PIP_CERT,
 # for a TLS-intercepting proxy; it stays in the builder stage).
 # This file uses no BuildKit-only syntax, so the classic builder builds it too.
@@ -33,6 +35,7 @@ FROM ${BASE_IMAGE} AS builder
 ARG TORCH_VARIANT=cpu
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_CUDA_INDEX_URL=
+ARG OFFLINE=
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -42,10 +45,10 @@ ENV PIP_NO_CACHE_DIR=1 \
 # Only what the dependency install reads, so editing the app does not re-run it.
 # (host-ca.cr[t] is a glob: the file may be absent.)
 COPY docker/wheels/ /tmp/wheels/
-COPY docker/install-deps.sh docker/host-ca.cr[t] /tmp/build/
+COPY docker/install-deps.sh docker/host-ca.cr[t] constraints.txt /tmp/build/
 COPY --from=requirements /tmp/requirements.txt /tmp/build/requirements.txt
 # torch/include: C++ headers, only for building extensions / torch.compile, which serving does not use.
-RUN TORCH_VARIANT="$TORCH_VARIANT" \
+RUN TORCH_VARIANT="$TORCH_VARIANT" OFFLINE="$OFFLINE" \
     TORCH_INDEX_URL="$TORCH_INDEX_URL" TORCH_CUDA_INDEX_URL="$TORCH_CUDA_INDEX_URL" \
     sh /tmp/build/install-deps.sh \
  && rm -rf /opt/venv/lib/python3*/site-packages/torch/include

@@ -6,17 +6,27 @@ BIN := $(VENV)/bin
 SERVE_HOST ?= 127.0.0.1
 SERVE_PORT ?= 8000
 PYTEST_ARGS ?=
+# The lock: exact versions of every dependency (runtime and extras), honoured by setup, bench and the image.
+LOCK ?= constraints.txt
 export SERVE_HOST SERVE_PORT
 .EXPORT_ALL_VARIABLES:
 
-.PHONY: setup serve test test-system test-load test-monitoring test-soak test-browser test-accuracy test-all lint bench docker-build train-% clean
+.PHONY: setup serve test test-system test-load test-monitoring test-soak test-browser test-accuracy test-all lint lock bench docker-build train-% clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
+	$(BIN)/pip install --disable-pip-version-check -q -c $(LOCK) -e '.[dev]'
 	touch $@
+
+# Re-resolve every dependency (runtime, dev, bench, otel) at the newest releases pyproject.toml allows and
+# write the lock; run it after changing a dependency, then `make setup` installs those versions.
+lock:
+	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q --dry-run --ignore-installed --report $(VENV)/lock-report.json '.[dev,bench,otel]'
+	$(BIN)/python docker/lock.py $(VENV)/lock-report.json > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
 
 serve: setup
 	$(BIN)/python -m service
@@ -53,7 +63,7 @@ lint: setup
 	$(BIN)/mypy service models bench
 
 bench: setup
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev,bench]'
+	$(BIN)/pip install --disable-pip-version-check -q -c $(LOCK) -e '.[dev,bench]'
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 

@@ -1,15 +1,18 @@
 #!/bin/sh
 # Builder-stage helper (see Dockerfile): create /opt/venv and install the project's *runtime*
-# dependencies (REQUIREMENTS: [project].dependencies of pyproject.toml, never the dev extras), with
-# the torch build picked by TORCH_VARIANT; the torch version is the one pinned there.
+# dependencies (REQUIREMENTS: [project].dependencies of pyproject.toml, never the dev extras) at the
+# versions locked in CONSTRAINTS (constraints.txt, `make lock`), with the torch build picked by
+# TORCH_VARIANT; the torch version is the one pinned there.
 #
 #   TORCH_VARIANT         cpu (default) | cuda
 #   REQUIREMENTS          /tmp/build/requirements.txt
+#   CONSTRAINTS           /tmp/build/constraints.txt (pip -c: every package installed is pinned there)
 #   TORCH_INDEX_URL       cpu: extra index for the CPU wheel (default https://download.pytorch.org/whl/cpu;
-#                         empty = none, e.g. offline with a wheel in docker/wheels/)
+#                         empty = none, e.g. with the wheel in docker/wheels/)
 #   TORCH_CUDA_INDEX_URL  cuda: extra index such as https://download.pytorch.org/whl/cu128
 #                         (empty = PyPI, whose Linux x86_64 torch wheel is the CUDA build)
 #   WHEELS_DIR            local wheels (docker/wheels/ in the context); used with --find-links if it holds *.whl
+#   OFFLINE               1 = no index at all (pip --no-index): every wheel from WHEELS_DIR (`make docker-wheels`)
 #   CA_FILE               optional CA bundle (docker/host-ca.crt); exported as PIP_CERT when present
 set -eu
 
@@ -17,6 +20,8 @@ set -eu
 : "${REQUIREMENTS:=/tmp/build/requirements.txt}"
 : "${WHEELS_DIR:=/tmp/wheels}"
 : "${CA_FILE:=/tmp/build/host-ca.crt}"
+: "${CONSTRAINTS:=/tmp/build/constraints.txt}"
+: "${OFFLINE:=}"
 TORCH_INDEX_URL="${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}"
 TORCH_CUDA_INDEX_URL="${TORCH_CUDA_INDEX_URL-}"
 
@@ -52,6 +57,14 @@ case "$TORCH_VARIANT" in
 esac
 EXTRA=""
 [ -n "$INDEX" ] && EXTRA="--extra-index-url $INDEX"
+if [ "$OFFLINE" = 1 ]; then
+    [ -n "$LINKS" ] || { echo "install-deps: OFFLINE=1 but no wheels in docker/wheels/ (run make docker-wheels)" >&2; exit 2; }
+    EXTRA="--no-index"
+    echo "install-deps: offline: every wheel from docker/wheels/, no index"
+elif [ -n "$OFFLINE" ] && [ "$OFFLINE" != 0 ]; then
+    echo "install-deps: OFFLINE must be 1, 0 or empty, not '$OFFLINE'" >&2; exit 2
+fi
+[ -s "$CONSTRAINTS" ] || { echo "install-deps: no lock at $CONSTRAINTS (constraints.txt; make lock writes it)" >&2; exit 2; }
 
 echo "install-deps: runtime requirements:"; sed 's/^/    /' "$REQUIREMENTS"
 TORCH_SPEC=$(grep -E '^torch([^a-zA-Z0-9_.-]|$)' "$REQUIREMENTS" | head -n 1)
@@ -59,9 +72,9 @@ TORCH_SPEC=$(grep -E '^torch([^a-zA-Z0-9_.-]|$)' "$REQUIREMENTS" | head -n 1)
 
 # torch first, on its own, so the variant decides the build; everything else then sees it installed.
 # shellcheck disable=SC2086
-$PIP install $LINKS $EXTRA "$TORCH_SPEC"
+$PIP install $LINKS $EXTRA -c "$CONSTRAINTS" "$TORCH_SPEC"
 # shellcheck disable=SC2086
-$PIP install $LINKS -r "$REQUIREMENTS"
+$PIP install $LINKS $EXTRA -c "$CONSTRAINTS" -r "$REQUIREMENTS"
 
 # Fail the build if the wrong torch build slipped in.
 /opt/venv/bin/python - "$TORCH_VARIANT" <<'PY'
@@ -73,3 +86,42 @@ if (variant == "cpu") != (cuda is None):
     raise SystemExit(f"install-deps: the {variant} variant got torch {torch.__version__} (CUDA {cuda})")
 PY
 $PIP check
+
+# The lock must cover what was installed: a package it does not name was resolved freely (a dependency added
+# to pyproject.toml without `make lock`). The CUDA build's own packages (nvidia-*, triton, ...) are pinned
+# exactly by torch's metadata, so only packages that nothing pins exactly are reported; a direct dependency
+# missing from the lock fails the build.
+/opt/venv/bin/python - "$CONSTRAINTS" "$REQUIREMENTS" <<'PY'
+import re
+import sys
+from importlib import metadata
+
+def canonical(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+def names(path):
+    found = set()
+    for line in open(path):
+        match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line.split("#", 1)[0])
+        if match:
+            found.add(canonical(match.group(1)))
+    return found
+
+locked, direct = names(sys.argv[1]), names(sys.argv[2])
+installed = {canonical(dist.metadata["Name"]) for dist in metadata.distributions()} - {"pip", "setuptools", "wheel"}
+pinned_by_others = set()
+for dist in metadata.distributions():
+    for requirement in dist.requires or []:
+        match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^]]*\])?\s*\(?\s*===?\s*[^,;*]+(;|$)", requirement)
+        if match:
+            pinned_by_others.add(canonical(match.group(1)))
+unlocked = sorted(installed - locked)
+if direct & set(unlocked):
+    raise SystemExit(f"install-deps: not in constraints.txt: {sorted(direct & set(unlocked))}; run make lock")
+loose = [name for name in unlocked if name not in pinned_by_others]
+if loose:
+    print(f"install-deps: WARNING: installed without a pin in constraints.txt: {loose}")
+pinned = len(unlocked) - len(loose)
+print(f"install-deps: {len(installed & locked)} packages at their locked versions"
+      + (f", {pinned} pinned exactly by the packages that need them" if pinned else ""))
+PY
