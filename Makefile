@@ -11,7 +11,7 @@ LOCK ?= constraints.txt
 export SERVE_HOST SERVE_PORT
 .EXPORT_ALL_VARIABLES:
 
-.PHONY: setup serve test test-system test-load test-monitoring test-soak test-browser test-accuracy test-all lint lock bench docker-build train-% clean
+.PHONY: setup serve test test-system test-load test-monitoring test-soak test-browser test-accuracy test-all lint lock bench docker-build docker-wheels docker-prepare train-% clean
 
 setup: $(VENV)/.installed
 
@@ -70,8 +70,54 @@ bench: setup
 train-%: setup
 	$(BIN)/python -m training $* $(TRAIN_ARGS)
 
-docker-build:
-	docker build --network host -t serve:cpu $(DOCKER_ARGS) .
+# Docker (README "Docker"): make docker-build [VARIANT=cpu|cuda] [TAG=...] [BASE_IMAGE=...] [NETWORK=host]
+#   [CA_BUNDLE=/path/to/ca.crt] [TORCH_WHEEL=/path/to/torch-*.whl] [OFFLINE=1] [DOCKER_ARGS='...']
+#   VARIANT      cpu (default) or cuda: the torch build in the image
+#   TAG          the image's name (default serve:cpu or serve:cuda, the names the compose files run)
+#   BASE_IMAGE   the base of every stage (default python:3.11-slim): a Debian-like image with python3 3.11+
+#                and its venv module, e.g. one made locally where Docker Hub cannot be reached
+#   NETWORK      the build's network, e.g. host where pip reaches the index only through the host (a proxy
+#                on localhost, a daemon without a bridge)
+#   CA_BUNDLE    a CA file for pip in the build (a TLS-intercepting proxy); copied to docker/host-ca.crt
+#   TORCH_WHEEL  a torch wheel to install instead of asking the PyTorch index; copied to docker/wheels/
+#   OFFLINE=1    no index at all: every wheel from docker/wheels/, which `make docker-wheels` fills
+#   HTTP_PROXY, HTTPS_PROXY, NO_PROXY are passed to the build when set.
+VARIANT ?= cpu
+TAG ?= serve:$(VARIANT)
+BASE_IMAGE ?=
+NETWORK ?=
+CA_BUNDLE ?=
+TORCH_WHEEL ?=
+OFFLINE ?=
+DOCKER_ARGS ?=
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+DOCKER_BUILD_FLAGS = $(if $(NETWORK),--network $(NETWORK)) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+	--build-arg TORCH_VARIANT=$(VARIANT) $(if $(TORCH_WHEEL)$(filter 1,$(OFFLINE)),--build-arg TORCH_INDEX_URL=) \
+	$(if $(filter 1,$(OFFLINE)),--build-arg OFFLINE=1) \
+	$(foreach v,HTTP_PROXY HTTPS_PROXY NO_PROXY,$(if $($(v)),--build-arg $(v)=$($(v))))
+
+docker-build: docker-prepare
+	@if [ "$(OFFLINE)" = 1 ] && ! ls docker/wheels/*.whl >/dev/null 2>&1; then \
+	    echo "docker-build: OFFLINE=1 installs only from docker/wheels/, which holds no wheel: run make docker-wheels first" >&2; exit 2; fi
+	docker build $(strip $(DOCKER_BUILD_FLAGS)) -t $(TAG) $(DOCKER_ARGS) .
+
+# Every wheel the image installs, at the locked versions, for its platform (CPython 3.11, glibc 2.36 or
+# older, x86_64), into docker/wheels/ for OFFLINE=1: run it where PyPI can be reached. torch: TORCH_WHEEL if
+# given, else the CPU index (VARIANT=cpu) or PyPI's CUDA build and its nvidia-* wheels (VARIANT=cuda, GBs).
+docker-wheels: setup docker-prepare
+	$(BIN)/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > $(VENV)/runtime-requirements.txt
+	$(BIN)/pip download --disable-pip-version-check -q -d docker/wheels --find-links docker/wheels \
+	    --only-binary=:all: --implementation cp --python-version 3.11 --abi cp311 --abi abi3 --abi none \
+	    $(foreach v,$(shell seq 36 -1 17),--platform manylinux_2_$(v)_x86_64) --platform manylinux2014_x86_64 \
+	    --platform manylinux_2_12_x86_64 --platform manylinux2010_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 \
+	    $(if $(TORCH_WHEEL),,$(if $(filter cpu,$(VARIANT)),--extra-index-url $(TORCH_CPU_INDEX))) \
+	    -c $(LOCK) -r $(VENV)/runtime-requirements.txt
+	@echo "docker-wheels: $$(ls docker/wheels/*.whl | wc -l) wheels in docker/wheels/; now make docker-build OFFLINE=1"
+
+docker-prepare:
+	@case "$(VARIANT)" in cpu|cuda) ;; *) echo "VARIANT must be cpu or cuda, not '$(VARIANT)'" >&2; exit 2 ;; esac
+	@if [ -n "$(CA_BUNDLE)" ]; then cp "$(CA_BUNDLE)" docker/host-ca.crt && echo "pip in the build trusts $(CA_BUNDLE) (copied to docker/host-ca.crt)"; fi
+	@if [ -n "$(TORCH_WHEEL)" ]; then cp "$(TORCH_WHEEL)" docker/wheels/ && echo "$(notdir $(TORCH_WHEEL)) copied to docker/wheels/"; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
