@@ -62,12 +62,35 @@ def eager(module: Callable[..., Any], note: str = "", max_diff: float = 0.0, spe
     return PreparedForward(module, "eager", max_diff, speedup, note=note)
 
 
+# Prepared forwards by weights (their sha256), batch size and torch version: loading the same version again
+# (an unload and a load through the repository API) reuses its traced forward, or its verdict for eager.
+# TorchScript keeps every graph it traced, and a frozen one the weights inside it, for the life of the
+# process (pytorch/pytorch#35600): tracing a version again would cost its weights once more, every time.
+_PREPARED: dict[tuple[str, ...], PreparedForward] = {}
+
+
 def prepare(name: str, module: nn.Module, checks: Sequence[Inputs], timing: Inputs, device: torch.device,
             dtype: torch.dtype, channels_last: bool = False, tolerance: float = TOLERANCE,
-            min_speedup: float = MIN_SPEEDUP) -> PreparedForward:
-    """The fastest correct forward of ``module`` (see the module's docstring); ``timing`` is also traced."""
+            min_speedup: float = MIN_SPEEDUP, key: str = "") -> PreparedForward:
+    """The fastest correct forward of ``module`` (see the module's docstring); ``timing`` is also traced.
+    ``key`` names the weights and the inputs' sizes (``Runtime.prepare_key``): with it, a second preparation
+    of the same weights reuses the first's traced forward, or its verdict for eager (no trace again)."""
     if device.type != "cpu" or dtype != torch.float32:
         return eager(module)
+    cache_key = (key, name, str(device), str(dtype), str(channels_last), torch.__version__)
+    if key and (known := _PREPARED.get(cache_key)) is not None:
+        log.info("model %s: %s, as when these weights were last prepared", name, known.description)
+        # the verdict alone for eager: the old module, with the old copy of the weights, is not kept
+        return eager(module, known.note, known.max_diff, known.speedup) if known.kind == "eager" else known
+    prepared = _prepare(name, module, checks, timing, channels_last, tolerance, min_speedup)
+    if key:
+        _PREPARED[cache_key] = prepared if prepared.kind != "eager" else eager(nn.Identity(), prepared.note,
+                                                                              prepared.max_diff, prepared.speedup)
+    return prepared
+
+
+def _prepare(name: str, module: nn.Module, checks: Sequence[Inputs], timing: Inputs, channels_last: bool,
+             tolerance: float, min_speedup: float) -> PreparedForward:
     try:
         # torch 2.13 marks the TorchScript path deprecated in favour of torch.compile, which compiles for
         # ~19 s per model here: keep it quiet. Trace warnings are the check's job.
@@ -159,14 +182,15 @@ def _channels_last(inputs: Inputs) -> Inputs:
 
 def prepare_image_forward(module: nn.Module, shape: tuple[int, int, int], device: torch.device,
                           dtype: torch.dtype, max_batch_size: int, name: str,
-                          tolerance: float = TOLERANCE, min_speedup: float = MIN_SPEEDUP) -> PreparedForward:
+                          tolerance: float = TOLERANCE, min_speedup: float = MIN_SPEEDUP,
+                          key: str = "") -> PreparedForward:
     """An image model's forward for [N, *shape] inputs: checked at batch sizes 1, 3 and the largest, timed at
     the largest, in channels_last memory when it is a convolutional model; every bucket warmed."""
     generator = torch.Generator().manual_seed(0)
     checks = [(torch.rand(size, *shape, generator=generator),) for size in sorted({1, 3, max_batch_size})]
     convolutional = any(isinstance(layer, nn.Conv2d | nn.ConvTranspose2d) for layer in module.modules())
     prepared = prepare(name, module, checks, checks[-1], device, dtype, channels_last=convolutional,
-                       tolerance=tolerance, min_speedup=min_speedup)
+                       tolerance=tolerance, min_speedup=min_speedup, key=key)
     if prepared.kind != "eager":
         warm_buckets(prepared, lambda size: (torch.zeros(size, *shape),), max_batch_size)
     return prepared

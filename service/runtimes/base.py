@@ -109,6 +109,11 @@ class Runtime:
         """Build the fastest correct form of the forward for this device (service/engine/prepare.py); the
         runtimes that have none serve eager."""
 
+    def prepare_key(self, max_batch_size: int) -> str:
+        """What makes two preparations the same: the weights (the manifest's sha256) and the batch size."""
+        sha256 = self.manifest.get("sha256")
+        return f"{sha256}/{max_batch_size}" if sha256 else ""
+
     def forward(self, payloads: list[Any]) -> Sequence[Any]:
         raise NotImplementedError(f"{type(self).__name__} runs on a {self.scheduler} loop, not in batches")
 

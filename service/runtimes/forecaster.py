@@ -100,7 +100,8 @@ class ForecasterRuntime(Runtime):
 
         checks = [inputs(1, self.min_history), inputs(3, self.min_history + 17), inputs(max_batch_size, self.window)]
         self.prepared = prepare(str(self.manifest.get("name")), self.module, checks,
-                                inputs(max_batch_size, self.window), self.device, self.dtype)
+                                inputs(max_batch_size, self.window), self.device, self.dtype,
+                                key=self.prepare_key(max_batch_size))
         self.forward_kind = self.prepared.description
 
     def forward(self, payloads: list[SeriesItem]) -> Sequence[np.ndarray]:

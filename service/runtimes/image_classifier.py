@@ -39,7 +39,7 @@ class ImageRuntime(Runtime):
         from service.engine.prepare import prepare_image_forward
 
         self.prepared = prepare_image_forward(self.module, self.shape, self.device, self.dtype, max_batch_size,
-                                              str(self.manifest.get("name")))
+                                              str(self.manifest.get("name")), key=self.prepare_key(max_batch_size))
         self.forward_kind = self.prepared.description
 
     # -- decode (front-end, before queueing) ---------------------------------------------

@@ -134,7 +134,7 @@ class ImageGeneratorRuntime(_ImageOutputs):
             return torch.randn(n, self.latent, generator=generator).to(self.device), labels.to(self.device)
 
         self.prepared = prepare(str(self.manifest.get("name")), self.module, [inputs(1), inputs(3), inputs(16)],
-                                inputs(16), self.device, self.dtype)
+                                inputs(16), self.device, self.dtype, key=self.prepare_key(max_batch_size))
         self.forward_kind = self.prepared.description
 
     def forward(self, payloads: list[SampleRequest]) -> Sequence[Samples]:
@@ -207,7 +207,7 @@ class DiffusionRuntime(_ImageOutputs):
             return torch.randn(max_batch_size, 1, 28, 28, generator=generator).to(self.device), t.to(self.device)
 
         self.prepared = prepare(str(self.manifest.get("name")), self.module, [inputs(), inputs()], inputs(),
-                                self.device, self.dtype)
+                                self.device, self.dtype, key=self.prepare_key(max_batch_size))
         self.forward_kind = self.prepared.description
 
     def step(self, x: torch.Tensor, t: list[int], t_next: list[int]) -> torch.Tensor:

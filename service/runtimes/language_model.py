@@ -138,7 +138,7 @@ class LanguageModelRuntime(Runtime):
 
         checks = [inputs(1), inputs(3), inputs(max_batch_size)]
         self.prepared = prepare(str(self.manifest.get("name")), self.prepared, checks, inputs(min(16, max_batch_size)),
-                               self.device, self.dtype)
+                               self.device, self.dtype, key=self.prepare_key(max_batch_size))
         self.forward_kind = self.prepared.description
 
     def prefill(self, ids: list[int]) -> tuple[Any, torch.Tensor]:

@@ -110,7 +110,8 @@ class TextRuntime(Runtime):
 
         checks = [inputs(rows, min(tokens, self.max_tokens)) for rows, tokens in ((1, 6), (3, 19), (5, 48))]
         timing = inputs(min(8, max_batch_size), min(32, self.max_tokens))  # a MiniLM's full batch takes seconds
-        self.prepared = prepare(str(self.manifest.get("name")), self.module, checks, timing, self.device, self.dtype)
+        self.prepared = prepare(str(self.manifest.get("name")), self.module, checks, timing, self.device, self.dtype,
+                                key=self.prepare_key(max_batch_size))
         self.forward_kind = self.prepared.description
 
     def run_module(self, items: list[TextItem]) -> list[np.ndarray]:

@@ -108,3 +108,22 @@ def test_the_metadata_says_which_forward_serves_and_every_model_was_checked(make
         assert "max diff" in forward and "differs" not in forward and "fails" not in forward, (name, forward)
     plain: TestClient = make_client(prepare=False)
     assert plain.get("/v1/models/tiny-cnn").json()["forward"] == "eager"
+
+
+def test_the_same_weights_are_traced_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An unload and a load of the same version (the repository API) reuse its traced forward, or its verdict
+    for eager: TorchScript keeps every traced graph and its frozen weights for the life of the process."""
+    caplog.set_level("INFO")
+    cpu, f32 = torch.device("cpu"), torch.float32
+    first, _ = models.load(make_artifact(tmp_path, "tiny-cnn", 1, "cnn"))
+    again, _ = models.load(tmp_path / "tiny-cnn" / "1")
+    traced = prepare_image_forward(first, (1, 28, 28), cpu, f32, 8, "tiny", min_speedup=0, key="sha-a/8")
+    assert traced.kind == "traced"
+    assert prepare_image_forward(again, (1, 28, 28), cpu, f32, 8, "tiny", min_speedup=0, key="sha-a/8") is traced
+    assert "as when these weights were last prepared" in caplog.text
+    other = prepare_image_forward(again, (1, 28, 28), cpu, f32, 4, "tiny", min_speedup=0, key="sha-a/4")
+    assert other is not traced  # another batch size: prepared (and warmed) for it
+    slow = prepare_image_forward(first, (1, 28, 28), cpu, f32, 8, "tiny", min_speedup=1e9, key="sha-b/8")
+    reused = prepare_image_forward(again, (1, 28, 28), cpu, f32, 8, "tiny", min_speedup=1e9, key="sha-b/8")
+    assert slow.kind == reused.kind == "eager" and reused.forward is again  # the new module, not the old one
+    assert reused.note == slow.note
