@@ -11,7 +11,7 @@ LOCK ?= constraints.txt
 export SERVE_HOST SERVE_PORT
 .EXPORT_ALL_VARIABLES:
 
-.PHONY: setup serve test test-system test-load test-monitoring test-soak test-browser test-accuracy test-all lint lock bench docker-build docker-wheels docker-prepare train-% clean
+.PHONY: setup serve test test-system test-load test-monitoring test-soak test-browser test-accuracy test-docker test-all lint lock bench docker-build docker-wheels docker-prepare train-% clean
 
 setup: $(VENV)/.installed
 
@@ -56,7 +56,7 @@ test-browser: setup
 test-accuracy: setup
 	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
-test-all: test test-system test-accuracy test-load test-monitoring test-soak test-browser lint
+test-all: test test-system test-accuracy test-load test-monitoring test-soak test-browser test-docker lint
 
 lint: setup
 	$(BIN)/ruff check models training service tests bench
@@ -118,6 +118,11 @@ docker-prepare:
 	@case "$(VARIANT)" in cpu|cuda) ;; *) echo "VARIANT must be cpu or cuda, not '$(VARIANT)'" >&2; exit 2 ;; esac
 	@if [ -n "$(CA_BUNDLE)" ]; then cp "$(CA_BUNDLE)" docker/host-ca.crt && echo "pip in the build trusts $(CA_BUNDLE) (copied to docker/host-ca.crt)"; fi
 	@if [ -n "$(TORCH_WHEEL)" ]; then cp "$(TORCH_WHEEL)" docker/wheels/ && echo "$(notdir $(TORCH_WHEEL)) copied to docker/wheels/"; fi
+
+# Builds the image with the options above and runs it to ready and one prediction (tests/docker/); skipped,
+# saying what is missing, without a Docker daemon (or a base image, a torch wheel, an index it needs).
+test-docker: setup
+	$(BIN)/python -m pytest -q -s -m docker $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
