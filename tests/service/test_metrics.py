@@ -10,6 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bench.servers import metric
+from service.settings import Settings
+from tests.conftest import LiveServer, free_port
 from tests.service.test_processes import Server
 
 
@@ -41,13 +43,16 @@ def test_the_slo_metrics_count_what_was_served(client: TestClient, digit_png: by
     assert metric(text, "serve_denoising_steps_total", **ddpm) == 3
 
 
-def test_in_flight_counts_a_running_generation(make_client) -> None:  # type: ignore[no-untyped-def]
-    client = make_client(max_new_tokens=100_000)
-    with client.stream("POST", "/v1/models/tiny-gpt/generate",
-                       json={"prompt": "ab", "max_tokens": 100_000, "stream": True}) as response:
-        for _ in zip(range(3), response.iter_lines(), strict=False):
-            pass  # it is generating
-        text = client.get("/metrics").text
+def test_in_flight_counts_a_running_generation(weights_dir) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(weights_dir=weights_dir, device="cpu", torch_threads=1, port=free_port(), prepare=False,
+                        max_new_tokens=100_000)
+    with LiveServer(settings) as server, httpx.stream(  # a real server and client, streaming
+            "POST", f"http://{server.url}/v1/models/tiny-gpt/generate",
+            json={"prompt": "ab", "max_tokens": 100_000, "stream": True}, timeout=30) as response:
+        lines = response.iter_lines()  # kept: a dropped iterator closes the response, and the server stops
+        for _ in range(3):
+            next(lines)  # it is generating
+        text = httpx.get(f"http://{server.url}/metrics").text
         assert metric(text, "serve_requests_in_flight", model="tiny-gpt") == 1
         assert metric(text, "serve_generations", model="tiny-gpt", state="running") == 1
 
