@@ -31,3 +31,12 @@ def test_generation_and_batches_run_on_the_gpu(make_client: Callable[..., TestCl
     assert response.status_code == 200 and response.json()["tokens"] == 40  # past the context of 24
     files = [("file", (f"{i}.png", np.zeros(1).tobytes(), "image/png")) for i in range(2)]
     assert gpu.post("/v1/models/tiny-cnn/predict", files=files).status_code == 400  # bad inputs stay 4xx
+
+
+def test_device_memory_is_in_the_metrics(make_client: Callable[..., TestClient]) -> None:
+    from bench.servers import metric
+
+    gpu = make_client(device="cuda")
+    text = gpu.get("/metrics").text  # recorded with every engine status (the heartbeat readiness waited on)
+    allocated = metric(text, "serve_device_memory_bytes", kind="allocated")
+    assert allocated > 0 and metric(text, "serve_device_memory_bytes", kind="reserved") >= allocated
