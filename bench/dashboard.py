@@ -24,6 +24,7 @@ import contextlib
 import functools
 import http.server
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -68,7 +69,8 @@ class Phase:
     start: float  # unix seconds
     end: float
     wrk: dict[str, float] = field(default_factory=dict)
-    cores: float = 0.0
+    cores: float = 0.0  # the server's processes
+    others_cores: float = 0.0  # processes of neither this run nor its server: other work on the machine
     figures: dict[str, float | None] = field(default_factory=dict)  # from Prometheus, over the phase
 
 
@@ -200,6 +202,30 @@ def background(base: str, options: Options) -> Iterator[dict[str, list[int]]]:
             thread.join(timeout=70)
 
 
+@contextlib.contextmanager
+def cpu_usage(server_pid: int) -> Iterator[Phase]:
+    """The server's cores and the other processes' over the body, into the yielded Phase's ``cores`` and
+    ``others_cores``: the machine's busy time (/proc/stat) less this process tree's (which holds the server,
+    wrk and Prometheus)."""
+    def busy() -> float:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return (sum(fields[:3]) + fields[5] + fields[6]) / proctree.CLOCK_TICKS  # user, nice, system, irq, softirq
+
+    def ours() -> float:  # this tree's processes, and its children that ended and were waited for (wrk's runs)
+        times = os.times()
+        return sum(proctree.cpu_seconds(proctree.tree(os.getpid())).values()) + times.children_user \
+            + times.children_system
+
+    result = Phase("", 0, 0.0, 0.0)
+    ours_before, machine_before = ours(), busy()
+    with proctree.usage(server_pid) as usage:
+        started = time.monotonic()
+        yield result
+    wall = time.monotonic() - started
+    result.cores = usage.cores
+    result.others_cores = max(0.0, (busy() - machine_before - (ours() - ours_before)) / wall)
+
+
 # ---- the figures of each phase, from Prometheus -------------------------------------------------------------
 
 def figure_queries(window: str) -> dict[str, str]:
@@ -296,8 +322,8 @@ def markdown(phases: list[Phase], meta: dict[str, Any]) -> str:
 
     rows = ["| connections | req/s (wrk) | p50 / p99 ms (wrk) | req/s | p50 / p99 ms | queue wait p99 ms | mean batch "
             "| in flight | queue depth | errors/s | tokens/s | TTFT p50 / p99 ms | TPOT ms "
-            "| RSS engine / front-ends MiB | cores |",
-            "|---:" * 15 + "|"]
+            "| RSS engine / front-ends MiB | cores | others' cores |",
+            "|---:" * 16 + "|"]
     for p in phases:
         f = p.figures
         by_wrk = f"{p.wrk['rps']:.0f} | {p.wrk['p50_ms']:.1f} / {p.wrk['p99_ms']:.1f}" if p.wrk else "- | -"
@@ -306,12 +332,14 @@ def markdown(phases: list[Phase], meta: dict[str, Any]) -> str:
                     f"| {ms(f['mnist_queue_wait_p99_s'])} | {num(f['mnist_mean_batch'])} | {num(f['mnist_in_flight'])} "
                     f"| {num(f['mnist_queue_depth'])} | {num(f['errors_rps'])} | {num(f['gpt_tokens_per_s'], 0)} "
                     f"| {ms(f['gpt_ttft_p50_s'])} / {ms(f['gpt_ttft_p99_s'])} | {ms(f['gpt_tpot_mean_s'])} "
-                    f"| {mib(f['rss_engine_bytes'])} / {mib(f['rss_frontends_bytes'])} | {p.cores:.2f} |")
+                    f"| {mib(f['rss_engine_bytes'])} / {mib(f['rss_frontends_bytes'])} | {p.cores:.2f} "
+                    f"| {p.others_cores:.2f} |")
     return (f"# Dashboard under the benchmark's load ({meta['started']})\n\n`{meta['command']}` on "
             f"{meta['machine']['nproc']} CPUs ({meta['machine']['cpu_model']}), commit {meta['git_commit']}; "
             f"server: `{meta['server']}`.\n\n"
             "wrk: mnist-cnn, one raw MNIST PNG per request; the rest from Prometheus over each run, less its first "
-            "5 s (mnist-cnn; tokens, TTFT and time per output token: shakespeare-gpt; errors: every model).\n\n"
+            "5 s (mnist-cnn; tokens, TTFT and time per output token: shakespeare-gpt; errors: every model). cores: the "
+            "server's processes; others' cores: processes of neither this run nor its server.\n\n"
             + "\n".join(rows) + f"\n\nscreenshot: {meta['screenshot']}\n")
 
 
@@ -337,21 +365,22 @@ def run(options: Options, command: str) -> str:
         start = time.time()
         with background(server.base_url, options) as counts:
             calm = Phase("calm", 0, time.time(), 0.0)
-            with proctree.usage(server.pid) as usage:
+            with cpu_usage(server.pid) as usage:
                 time.sleep(options.calm_s)
-            calm.end, calm.cores = time.time(), usage.cores
+            calm.end, calm.cores, calm.others_cores = time.time(), usage.cores, usage.others_cores
             phases.append(calm)
             for connections in options.concurrency:
                 phase = Phase(f"c{connections}", connections, time.time(), 0.0)
-                with proctree.usage(server.pid) as usage:
+                with cpu_usage(server.pid) as usage:
                     result = wrk.run(url, png, connections, options.duration_s, 1, 10)
-                phase.end, phase.cores = time.time(), usage.cores
+                phase.end, phase.cores, phase.others_cores = time.time(), usage.cores, usage.others_cores
                 phase.wrk = {"rps": result.rps, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
                              "requests": result.requests, "non_2xx": result.non_2xx,
                              "socket_errors": result.socket_errors}
                 phases.append(phase)
                 log(f"  c={connections:<3} {result.rps:7.1f} req/s  p50 {result.p50_ms:6.1f} ms  "
-                    f"p99 {result.p99_ms:6.1f} ms  non-2xx {result.non_2xx}  cores {usage.cores:.2f}")
+                    f"p99 {result.p99_ms:6.1f} ms  non-2xx {result.non_2xx}  cores {usage.cores:.2f}  "
+                    f"others' cores {usage.others_cores:.2f}")
         time.sleep(options.calm_s)
         end = time.time()
         time.sleep(2 * SCRAPE_S)  # the last scrape of the span
