@@ -21,11 +21,17 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	touch $@
 
 # Re-resolve every dependency (runtime, dev, bench, otel) at the newest releases pyproject.toml allows and
-# write the lock; run it after changing a dependency, then `make setup` installs those versions.
+# write the lock; run it after changing a dependency (on Linux x86_64, CPython 3.11: the image's platform),
+# then `make setup` installs those versions. Then the packages of PyPI's CUDA build of the locked torch
+# (--isolated, so that no local +cpu wheel stands in for it; PIP_CERT and LOCK_INDEX still apply).
+LOCK_INDEX ?= https://pypi.org/simple
 lock:
 	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q --dry-run --ignore-installed --report $(VENV)/lock-report.json '.[dev,bench,otel]'
 	$(BIN)/python docker/lock.py $(VENV)/lock-report.json > $(LOCK).new
+	$(BIN)/pip install --isolated --disable-pip-version-check -q --dry-run --ignore-installed --report $(VENV)/lock-report-cuda.json \
+	    $(if $(PIP_CERT),--cert $(PIP_CERT)) --index-url $(LOCK_INDEX) -c $(LOCK).new "$$(grep '^torch==' $(LOCK).new)"
+	$(BIN)/python docker/lock.py $(VENV)/lock-report.json $(VENV)/lock-report-cuda.json > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
 
 serve: setup

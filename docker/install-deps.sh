@@ -88,9 +88,9 @@ PY
 $PIP check
 
 # The lock must cover what was installed: a package it does not name was resolved freely (a dependency added
-# to pyproject.toml without `make lock`). The CUDA build's own packages (nvidia-*, triton, ...) are pinned
-# exactly by torch's metadata, so only packages that nothing pins exactly are reported; a direct dependency
-# missing from the lock fails the build.
+# to pyproject.toml without `make lock`, or a CUDA build other than the locked one). Packages that an installed
+# package pins exactly (as torch pins most nvidia-* ones) are counted apart; any other is reported, and a
+# direct dependency missing from the lock fails the build.
 /opt/venv/bin/python - "$CONSTRAINTS" "$REQUIREMENTS" <<'PY'
 import re
 import sys
