@@ -55,11 +55,12 @@ case "$TORCH_VARIANT" in
     cuda) INDEX="$TORCH_CUDA_INDEX_URL" ;;
     *) echo "install-deps: TORCH_VARIANT must be cpu or cuda, not '$TORCH_VARIANT'" >&2; exit 2 ;;
 esac
-EXTRA=""
+EXTRA=""          # torch's index, for the torch install only
 [ -n "$INDEX" ] && EXTRA="--extra-index-url $INDEX"
+NOINDEX=""
 if [ "$OFFLINE" = 1 ]; then
     [ -n "$LINKS" ] || { echo "install-deps: OFFLINE=1 but no wheels in docker/wheels/ (run make docker-wheels)" >&2; exit 2; }
-    EXTRA="--no-index"
+    EXTRA="" NOINDEX="--no-index"
     echo "install-deps: offline: every wheel from docker/wheels/, no index"
 elif [ -n "$OFFLINE" ] && [ "$OFFLINE" != 0 ]; then
     echo "install-deps: OFFLINE must be 1, 0 or empty, not '$OFFLINE'" >&2; exit 2
@@ -72,9 +73,9 @@ TORCH_SPEC=$(grep -E '^torch([^a-zA-Z0-9_.-]|$)' "$REQUIREMENTS" | head -n 1)
 
 # torch first, on its own, so the variant decides the build; everything else then sees it installed.
 # shellcheck disable=SC2086
-$PIP install $LINKS $EXTRA -c "$CONSTRAINTS" "$TORCH_SPEC"
+$PIP install $LINKS $EXTRA $NOINDEX -c "$CONSTRAINTS" "$TORCH_SPEC"
 # shellcheck disable=SC2086
-$PIP install $LINKS $EXTRA -c "$CONSTRAINTS" -r "$REQUIREMENTS"
+$PIP install $LINKS $NOINDEX -c "$CONSTRAINTS" -r "$REQUIREMENTS"
 
 # Fail the build if the wrong torch build slipped in.
 /opt/venv/bin/python - "$TORCH_VARIANT" <<'PY'
