@@ -215,6 +215,8 @@ class Batcher(Scheduler):
             self._observer.dropped("deadline", expired)
         if cancelled:
             self._observer.dropped("cancelled", cancelled)
+        if expired or cancelled:
+            self._observer.queue_depth(len(self._queue))  # or the gauge shows a backlog that is gone
 
     def _idle(self) -> bool:
         return self._running is None or self._running.done()

@@ -112,6 +112,9 @@ class ServeMiddleware:
     def _record(self, scope: Scope, status: int, seconds: float, template: str | None = None) -> None:
         template = template or _template(scope)
         model = str(scope.get("path_params", {}).get("name", ""))
+        catalog = getattr(getattr(scope.get("app"), "state", None), "catalog", None)
+        if model and (catalog is None or model not in catalog.models):
+            model = ""  # a name the client made up is no label: the series would grow without bound
         self.metrics.requests.labels(model, template, str(status)).inc()
         self.metrics.frontend_requests.labels(self.metrics.frontend).inc()
         self.metrics.request_seconds.labels(model, template, str(status)).observe(seconds)

@@ -80,3 +80,11 @@ def test_the_metrics_are_summed_over_every_process(tmp_path, digit_png: bytes) -
     assert metric(text, "serve_time_to_first_token_seconds_count", model="tiny-gpt") == 1
     assert metric(text, "serve_model_load_seconds", model="tiny-cnn", phase="load") > 0
     assert metric(text, "serve_engine_restarts_total") == 0
+
+
+def test_a_made_up_model_name_is_no_label(client: TestClient) -> None:
+    assert client.get("/v1/models/no-such-model").status_code == 404
+    assert client.post("/v1/models/made-up/predict", content=b"x").status_code == 404
+    text = client.get("/metrics").text
+    assert "no-such-model" not in text and "made-up" not in text
+    assert metric(text, "serve_requests_total", model="", status="404") == 2
