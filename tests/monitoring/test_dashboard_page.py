@@ -11,17 +11,15 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from bench.dashboard import page_server
-from tests.conftest import free_port, make_artifact, make_lm_artifact
-from tests.monitoring.test_prometheus import MONITORING, traffic
+from tests.conftest import make_artifact, make_lm_artifact
+from tests.monitoring.test_prometheus import MONITORING, start_prometheus, traffic
 from tests.service.test_processes import Server
 
 PAGE = MONITORING / "dashboard.html"
@@ -56,15 +54,7 @@ def test_the_page_draws_every_panel_from_a_real_prometheus(tmp_path: Path, digit
     make_artifact(weights, "tiny-cnn", 1, "cnn")
     make_lm_artifact(weights, "tiny-gpt")
     server = Server(weights, "--workers", "2")
-    config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
-    config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = "1s"
-    config["scrape_configs"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{server.port}"]}]
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    prometheus = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-                                   f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                   f"--web.listen-address=127.0.0.1:{port}"],
-                                  stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("wb"))
+    prometheus, port = start_prometheus(binary, server.port, tmp_path)
     stop = threading.Event()
     sender = threading.Thread(target=traffic, args=(server.base, digit_png, stop))
     statuses: list[list[str]] = []

@@ -49,6 +49,21 @@ def traffic(base: str, png: bytes, stop: threading.Event) -> None:
             time.sleep(0.05)
 
 
+def start_prometheus(binary: str, server_port: int, tmp_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Prometheus with the repository's configuration, scraping the server on ``server_port`` every second;
+    the process and its port."""
+    config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = "1s"
+    config["scrape_configs"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{server_port}"]}]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    flags = [f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}"]
+    process = subprocess.Popen([binary, *flags], stdout=subprocess.DEVNULL,
+                               stderr=(tmp_path / "prometheus.log").open("wb"))
+    return process, port
+
+
 def test_prometheus_scrapes_the_server_and_every_dashboard_query_has_data(tmp_path: Path, digit_png: bytes) -> None:
     binary = shutil.which("prometheus")
     if binary is None:
@@ -57,15 +72,7 @@ def test_prometheus_scrapes_the_server_and_every_dashboard_query_has_data(tmp_pa
     make_artifact(weights, "tiny-cnn", 1, "cnn")
     make_lm_artifact(weights, "tiny-gpt")
     server = Server(weights, "--workers", "2")
-    config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
-    config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = "1s"
-    config["scrape_configs"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{server.port}"]}]
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    flags = [f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}"]
-    prometheus = subprocess.Popen([binary, *flags], stdout=subprocess.DEVNULL,
-                                  stderr=(tmp_path / "prometheus.log").open("wb"))
+    prometheus, port = start_prometheus(binary, server.port, tmp_path)
     base = f"http://127.0.0.1:{port}"
     stop = threading.Event()
     try:

@@ -5,20 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
-def children(pid: int) -> dict[int, str]:
-    """pid -> command line of the direct children of ``pid``."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                cmdline = (entry / "cmdline").read_text().replace("\0", " ")
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found[int(entry.name)] = cmdline
-    return found
+from tests.service.test_processes import children
 
 
 def roles(supervisor: int) -> dict[str, int]:

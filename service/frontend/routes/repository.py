@@ -10,14 +10,13 @@ have finished.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.errors import ServeError
-from service.frontend.routes.deps import CatalogDep, SettingsDep
+from service.frontend.routes.deps import CatalogDep, SettingsDep, checked_key
 from service.outcomes import ControlFailed, ModelUnavailable
 from service.responses import JSONResponse
 
@@ -28,11 +27,7 @@ async def require_admin_key(request: Request) -> None:
     keys: list[str] = request.app.state.settings.admin_keys
     if not keys:
         raise ServeError(403, "the model repository API is off: set SERVE_ADMIN_KEYS to use it", "forbidden")
-    header = request.headers.get("authorization", "")
-    presented = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-    if not presented or not any(secrets.compare_digest(presented, key) for key in keys):
-        raise ServeError(401, "missing or invalid admin key; send Authorization: Bearer <admin key>",
-                         headers={"WWW-Authenticate": "Bearer"})
+    checked_key(request, keys, "admin key", "<admin key>")
 
 
 router = APIRouter(tags=["model repository"], dependencies=[Depends(require_admin_key)])
