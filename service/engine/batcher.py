@@ -245,10 +245,7 @@ class Batcher(Scheduler):
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = self._closed = await self._next_batch()
-            if self._running is not None and not self._running.done():
-                await asyncio.wait([self._running])  # pipeline depth one: wait for the running forward
-            self._closed = []
+            batch = await self._next_batch()
             self._purge_batch(batch)
             live = [item for item in batch if not item.future.done()]
             if not live:
@@ -258,8 +255,17 @@ class Batcher(Scheduler):
             except RuntimeError as exc:  # the executor was shut down: nothing can run any more
                 self._die(f"inference thread is gone: {exc}", live)
                 return
-            self._running, self._forwarding = forward, live
             forward.add_done_callback(functools.partial(self._deliver, items=live))
+            running = self._running
+            if running is not None and not running.done():
+                # Pipeline depth one: this batch waits in the executor's queue, and the inference thread starts
+                # it the moment the running forward ends, without a round through this loop (which is busy
+                # answering that forward's requests then: 8% of the thread's time went idle at 64
+                # connections). The next batch closes once the running forward is done.
+                self._closed = live
+                await asyncio.wait([running])
+                self._closed = []
+            self._running, self._forwarding = forward, live
 
     def _purge_batch(self, batch: list[_Item]) -> None:
         """Between closing and running, deadlines may pass and clients may leave: drop those too."""

@@ -1,4 +1,4 @@
-"""The engine's side of the transport: one ROUTER socket, one asyncio task per request.
+"""The engine's side of the transport: one ROUTER socket (read by a ``SocketPump``), one asyncio task per request.
 
 Each ``Submit`` goes to its model's scheduler (batcher, generation loop or denoising loop) with the
 deadline the front-end stamped at arrival; the outcome goes back to the front-end that sent it. A
@@ -17,7 +17,6 @@ from typing import Any
 
 import msgspec
 import zmq
-import zmq.asyncio
 
 from service import tracing
 from service.engine.batcher import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull, Timing
@@ -28,6 +27,7 @@ from service.outcomes import QuotaExceeded
 from service.quotas import Quotas
 from service.request_context import REQUEST_ID
 from service.runtimes.language_model import Piece as TextPiece
+from service.socket_pump import SocketPump
 from service.transport import (
     Cancel,
     Control,
@@ -51,14 +51,16 @@ READINESS_POLL_S = 0.01
 
 
 class EngineServer:
-    def __init__(self, registry: Registry, socket: zmq.asyncio.Socket) -> None:
+    def __init__(self, registry: Registry, socket: zmq.Socket[bytes]) -> None:
+        """Made on the running loop: the socket's messages are read from now on."""
         self.registry = registry
         self.quotas = Quotas(registry.settings)
-        self.socket = socket
+        self.pump = SocketPump(socket, self._on_message)
         self.started_at = time.time()
         self._running: dict[tuple[bytes, int], asyncio.Task[None]] = {}
         self._codecs: dict[tuple[str, int], PayloadCodec] = {}
         self._heard_from: dict[bytes, float] = {}  # front-end -> when it last asked for the status
+        self._outbox: dict[bytes, list[bytes]] = {}  # front-end -> messages to send at the end of this loop turn
         self._controls: set[asyncio.Task[None]] = set()
 
     async def announce_changes(self) -> None:
@@ -72,28 +74,39 @@ class EngineServer:
                 last = now
                 status = self.status()
                 for identity in list(self._heard_from):
-                    await self._send(identity, status)
+                    self._send(identity, status)
             await asyncio.sleep(READINESS_POLL_S)
 
     async def serve(self) -> None:
-        while True:
-            identity, frame = await self.socket.recv_multipart(copy=False)
+        """The pump reads the front-ends' messages from the loop: this task is how long it reads."""
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            self.pump.stop()
+
+    def _on_message(self, frames: list[zmq.Frame]) -> None:
+        """A front-end's ZeroMQ message (the ROUTER puts its identity first): one frame per message."""
+        identity = frames[0].bytes
+        for frame in frames[1:]:
             try:
                 message = decode_to_engine(frame.buffer)
             except msgspec.DecodeError as exc:
                 log.error("a front-end sent an unreadable message: %s", exc)
                 continue
-            if isinstance(message, StatusQuery):
-                self._heard_from[identity.bytes] = time.monotonic()
-                await self._send(identity.bytes, self.status(message.id))
-            elif isinstance(message, Cancel):
-                task = self._running.pop((identity.bytes, message.id), None)
-                if task is not None:
-                    task.cancel()
-            elif isinstance(message, Control):
-                self._control_task(identity.bytes, message)
-            else:
-                self._start(identity.bytes, message)
+            self._handle(identity, message)
+
+    def _handle(self, identity: bytes, message: Submit | Cancel | StatusQuery | Control) -> None:
+        if isinstance(message, StatusQuery):
+            self._heard_from[identity] = time.monotonic()
+            self._send(identity, self.status(message.id))
+        elif isinstance(message, Cancel):
+            task = self._running.pop((identity, message.id), None)
+            if task is not None:
+                task.cancel()
+        elif isinstance(message, Control):
+            self._control_task(identity, message)
+        else:
+            self._start(identity, message)
 
     @property
     def in_flight(self) -> int:
@@ -110,6 +123,7 @@ class EngineServer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.flush()
 
     def status(self, request_id: int = 0) -> Status:
         for served in self.registry.all():  # readiness can change without an event (a scheduler dies)
@@ -128,8 +142,20 @@ class EngineServer:
         return Status(request_id, os.getpid(), self.started_at, self.registry.loading_done, models,
                       self.frontends_connected())
 
-    async def _send(self, identity: bytes, message: FromEngine) -> None:
-        await self.socket.send_multipart([identity, encode(message)])
+    def _send(self, identity: bytes, message: FromEngine) -> None:
+        """Queue a message for a front-end. The results of one batch all wake up in the same loop turn: they go
+        out together, one ZeroMQ message (of one frame each) per front-end, after it."""
+        outbox = self._outbox.get(identity)
+        if outbox is None:
+            if not self._outbox:
+                asyncio.get_running_loop().call_soon(self.flush)
+            outbox = self._outbox[identity] = []
+        outbox.append(encode(message))
+
+    def flush(self) -> None:
+        outboxes, self._outbox = self._outbox, {}
+        for identity, frames in outboxes.items():
+            self.pump.send((identity, *frames))  # a ROUTER drops what it cannot queue: never raises Again
 
     def _start(self, identity: bytes, submit: Submit) -> None:
         served = self.registry.get(submit.model, submit.version)
@@ -183,7 +209,7 @@ class EngineServer:
                 log.warning("%s v%d: the request failed: %s", submit.model, submit.version, exc)
             if failed.kind == "unavailable":
                 # the front-end learns the new readiness before it answers this request's 503
-                await self._send(identity, self.status())
+                self._send(identity, self.status())
             outcome = failed.kind
         else:
             outcome = "ok"
@@ -193,7 +219,7 @@ class EngineServer:
             if served is not None:
                 served.in_flight -= 1
                 self._in_flight(served).dec()
-        await self._send(identity, reply)
+        self._send(identity, reply)
         return outcome
 
     def _control_task(self, identity: bytes, control: Control) -> None:
@@ -219,8 +245,8 @@ class EngineServer:
         except Exception as exc:
             log.error("%s of %s failed: %r", control.action, control.model, exc, exc_info=exc)
             reply = Failure(control.id, "failed", repr(exc))
-        await self._send(identity, self.status())
-        await self._send(identity, reply)
+        self._send(identity, self.status())
+        self._send(identity, reply)
 
     def _in_flight(self, served: ServedModel) -> Any:
         return self.registry.metrics.in_flight.labels(served.name, str(served.version))
@@ -234,9 +260,9 @@ class EngineServer:
         with tracing.span("generate", **{"serve.max_tokens": request.max_tokens}) as span:
             async for event in generation.events():
                 if isinstance(event, TextPiece):
-                    await self._send(identity, Piece(request_id, event.text))
+                    self._send(identity, Piece(request_id, event.text))
                 else:
-                    await self._send(identity, Finished(request_id, event.reason, event.tokens, event.prompt_tokens))
+                    self._send(identity, Finished(request_id, event.reason, event.tokens, event.prompt_tokens))
                     if span is not None:
                         span.set_attributes({"serve.tokens": event.tokens, "serve.prompt_tokens": event.prompt_tokens,
                                              "serve.finish_reason": event.reason})

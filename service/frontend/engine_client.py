@@ -35,6 +35,7 @@ from service.outcomes import (
 from service.request_context import ARRIVAL, KEY_DIGEST, REQUEST_ID, note_engine_times, note_model
 from service.runtimes.language_model import Finished as TextFinished
 from service.runtimes.language_model import Piece as TextPiece
+from service.socket_pump import SocketPump
 from service.transport import (
     Cancel,
     Control,
@@ -102,16 +103,19 @@ class EngineStream:
 class EngineClient:
     def __init__(self, address: str, context: zmq.asyncio.Context) -> None:
         self.address = address
-        self.socket = context.socket(zmq.DEALER)
+        self.socket: zmq.Socket[bytes] = zmq.Socket(context, zmq.DEALER)  # read by a SocketPump (start)
         self.socket.setsockopt(zmq.IMMEDIATE, 1)  # never queue requests for an engine that is not there
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.RECONNECT_IVL, 50)
         self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
-        self._monitor = self.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        # made by the asyncio context: an asyncio socket (the transport's own socket is a plain one)
+        self._monitor: zmq.asyncio.Socket = self.socket.get_monitor_socket(  # type: ignore[assignment]
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         self.socket.connect(address)
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any] | EngineStream] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._pump: SocketPump | None = None
         # An in-process engine (inproc://) cannot vanish apart from this process, and ZeroMQ reports no
         # handshake for it: it is connected from the start.
         self.connected = address.startswith("inproc://")
@@ -124,14 +128,17 @@ class EngineClient:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
-        for coroutine, name in ((self._read(), "engine-replies"), (self._watch(), "engine-monitor"),
-                                (self._heartbeat(), "engine-heartbeat")):
+        """On the running loop: read the engine's replies, watch its connection, ask for its status."""
+        self._pump = SocketPump(self.socket, self._on_message)
+        for coroutine, name in ((self._watch(), "engine-monitor"), (self._heartbeat(), "engine-heartbeat")):
             self._tasks.append(asyncio.create_task(coroutine, name=name))
 
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._pump is not None:
+            self._pump.stop()
         self._fail_all(ModelUnavailable("the server is shutting down"))
         self.socket.disable_monitor()
         self._monitor.close(linger=0)
@@ -154,7 +161,7 @@ class EngineClient:
         for request_id in request_ids:  # the engine drops them too, rather than run them to the end
             if self.connected:
                 with contextlib.suppress(zmq.ZMQError):
-                    self.socket.send(encode(Cancel(request_id)), flags=zmq.NOBLOCK)
+                    self._send(Cancel(request_id))
 
     def model_status(self, name: str, version: int) -> ModelStatus | None:
         if not self.up or self.status is None:
@@ -172,7 +179,7 @@ class EngineClient:
         message = Submit(request_id, model, version, deadline, payload, REQUEST_ID.get(), KEY_DIGEST.get(),
                          ARRIVAL.get(), tracing.traceparent())
         try:
-            self.socket.send(encode(message), flags=zmq.NOBLOCK)
+            self._send(message)
         except zmq.Again:
             raise ModelUnavailable("the engine is not reachable") from None
         return request_id
@@ -201,7 +208,7 @@ class EngineClient:
         self._pending[request_id] = future
         try:
             try:
-                self.socket.send(encode(Control(request_id, action, model, version or 0)), flags=zmq.NOBLOCK)
+                self._send(Control(request_id, action, model, version or 0))
             except zmq.Again:
                 raise ModelUnavailable("the engine is not reachable") from None
             await future
@@ -218,35 +225,44 @@ class EngineClient:
     def forget(self, request_id: int, cancel: bool) -> None:
         if self._pending.pop(request_id, None) is not None and cancel and self.connected:
             with contextlib.suppress(zmq.ZMQError):
-                self.socket.send(encode(Cancel(request_id)), flags=zmq.NOBLOCK)
+                self._send(Cancel(request_id))
 
     # -- background ---------------------------------------------------------------------------------
-    async def _read(self) -> None:
-        while True:
-            frame = await self.socket.recv(copy=False)
+    def _send(self, message: Submit | Cancel | Control | StatusQuery) -> None:
+        """Raises ``zmq.Again`` when no engine is connected to queue it for."""
+        if self._pump is None:
+            raise ModelUnavailable("the engine client is not started")
+        self._pump.send((encode(message),))
+
+    def _on_message(self, frames: list[zmq.Frame]) -> None:
+        """A ZeroMQ message from the engine: one frame per message (a batch's results come together)."""
+        for frame in frames:
             try:
                 message = decode_from_engine(frame.buffer)
             except msgspec.DecodeError as exc:
                 log.error("unreadable message from the engine: %s", exc)
                 continue
-            if isinstance(message, Status):
-                self._on_status(message)
-                continue
-            waiter = self._pending.get(message.id)
-            if waiter is None:
-                continue  # its client left
-            if isinstance(waiter, EngineStream):
-                event: Any = failure_exception(message) if isinstance(message, Failure) else message
-                if isinstance(message, Finished | Failure):
-                    self._pending.pop(message.id, None)
-                    waiter.done = isinstance(message, Finished) or waiter.done
-                with contextlib.suppress(asyncio.QueueFull):
-                    waiter.queue.put_nowait(event)
-            elif not waiter.done():
-                if isinstance(message, Result):
-                    waiter.set_result(message)
-                elif isinstance(message, Failure):
-                    waiter.set_exception(failure_exception(message))
+            self._handle(message)
+
+    def _handle(self, message: Result | Failure | Piece | Finished | Status) -> None:
+        if isinstance(message, Status):
+            self._on_status(message)
+            return
+        waiter = self._pending.get(message.id)
+        if waiter is None:
+            return  # its client left
+        if isinstance(waiter, EngineStream):
+            event: Any = failure_exception(message) if isinstance(message, Failure) else message
+            if isinstance(message, Finished | Failure):
+                self._pending.pop(message.id, None)
+                waiter.done = isinstance(message, Finished) or waiter.done
+            with contextlib.suppress(asyncio.QueueFull):
+                waiter.queue.put_nowait(event)
+        elif not waiter.done():
+            if isinstance(message, Result):
+                waiter.set_result(message)
+            elif isinstance(message, Failure):
+                waiter.set_exception(failure_exception(message))
 
     def _on_status(self, status: Status) -> None:
         if self.status is not None and (status.pid, status.started_at) != (self.status.pid, self.status.started_at):
@@ -282,7 +298,7 @@ class EngineClient:
         while True:
             if self.connected:
                 with contextlib.suppress(zmq.ZMQError):
-                    self.socket.send(encode(StatusQuery(next(ids))), flags=zmq.NOBLOCK)
+                    self._send(StatusQuery(next(ids)))
             await asyncio.sleep(STATUS_INTERVAL_S)
 
     def _fail_all(self, error: Exception) -> None:
