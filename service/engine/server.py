@@ -60,6 +60,7 @@ class EngineServer:
         self._running: dict[tuple[bytes, int], asyncio.Task[None]] = {}
         self._codecs: dict[tuple[str, int], PayloadCodec] = {}
         self._heard_from: dict[bytes, float] = {}  # front-end -> when it last asked for the status
+        self._metric_children: dict[tuple[str, str, int], Any] = {}
         self._outbox: dict[bytes, list[bytes]] = {}  # front-end -> messages to send at the end of this loop turn
         self._controls: set[asyncio.Task[None]] = set()
 
@@ -249,10 +250,19 @@ class EngineServer:
         self._send(identity, reply)
 
     def _in_flight(self, served: ServedModel) -> Any:
-        return self.registry.metrics.in_flight.labels(served.name, str(served.version))
+        return self._child("in_flight", served)
 
     def _queue_wait(self, served: ServedModel) -> Any:
-        return self.registry.metrics.queue_wait.labels(served.name, str(served.version))
+        return self._child("queue_wait", served)
+
+    def _child(self, metric: str, served: ServedModel) -> Any:
+        """A metric's series for a model version, looked up once (``labels`` takes a lock and hashes each time)."""
+        key = (metric, served.name, served.version)
+        child = self._metric_children.get(key)
+        if child is None:
+            child = getattr(self.registry.metrics, metric).labels(served.name, str(served.version))
+            self._metric_children[key] = child
+        return child
 
     async def _generate(self, identity: bytes, request_id: int, loop: GenerationLoop, request: Any,
                         arrival: float) -> None:

@@ -116,6 +116,7 @@ class EngineClient:
         self._pending: dict[int, asyncio.Future[Any] | EngineStream] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._pump: SocketPump | None = None
+        self._outbox: list[tuple[bytes, int]] = []  # (message, the request it is for: 0 for none)
         # An in-process engine (inproc://) cannot vanish apart from this process, and ZeroMQ reports no
         # handshake for it: it is connected from the start.
         self.connected = address.startswith("inproc://")
@@ -178,10 +179,7 @@ class EngineClient:
         request_id = next(self._ids)
         message = Submit(request_id, model, version, deadline, payload, REQUEST_ID.get(), KEY_DIGEST.get(),
                          ARRIVAL.get(), tracing.traceparent())
-        try:
-            self._send(message)
-        except zmq.Again:
-            raise ModelUnavailable("the engine is not reachable") from None
+        self._send(message, request_id)
         return request_id
 
     async def call(self, model: str, version: int, deadline: float, payload: msgspec.Raw,
@@ -207,10 +205,7 @@ class EngineClient:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            try:
-                self._send(Control(request_id, action, model, version or 0))
-            except zmq.Again:
-                raise ModelUnavailable("the engine is not reachable") from None
+            self._send(Control(request_id, action, model, version or 0), request_id)
             await future
         finally:
             self._pending.pop(request_id, None)
@@ -228,11 +223,27 @@ class EngineClient:
                 self._send(Cancel(request_id))
 
     # -- background ---------------------------------------------------------------------------------
-    def _send(self, message: Submit | Cancel | Control | StatusQuery) -> None:
-        """Raises ``zmq.Again`` when no engine is connected to queue it for."""
+    def _send(self, message: Submit | Cancel | Control | StatusQuery, waiter: int = 0) -> None:
+        """Queue a message; the requests that reach this front-end together go out as one ZeroMQ message at the
+        end of the loop's turn (the engine reads them in one go). Where it cannot be queued (no engine to take
+        it), the request ``waiter`` (its id) fails with ModelUnavailable."""
         if self._pump is None:
             raise ModelUnavailable("the engine client is not started")
-        self._pump.send((encode(message),))
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append((encode(message), waiter))
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        if not outbox or self._pump is None:
+            return
+        try:
+            self._pump.send([frame for frame, _ in outbox])
+        except zmq.ZMQError as exc:  # Again: no engine connected to queue them for; or the socket is closed
+            reason = "the engine is not reachable" if isinstance(exc, zmq.Again) else f"the transport failed: {exc}"
+            for _, waiter in outbox:
+                if waiter:
+                    self._fail(waiter, ModelUnavailable(reason))
 
     def _on_message(self, frames: list[zmq.Frame]) -> None:
         """A ZeroMQ message from the engine: one frame per message (a batch's results come together)."""
@@ -302,11 +313,14 @@ class EngineClient:
             await asyncio.sleep(STATUS_INTERVAL_S)
 
     def _fail_all(self, error: Exception) -> None:
-        pending, self._pending = self._pending, {}
-        for waiter in pending.values():
-            if isinstance(waiter, EngineStream):
-                waiter.done = True
-                with contextlib.suppress(asyncio.QueueFull):
-                    waiter.queue.put_nowait(error)
-            elif not waiter.done():
-                waiter.set_exception(error)
+        for request_id in list(self._pending):
+            self._fail(request_id, error)
+
+    def _fail(self, request_id: int, error: Exception) -> None:
+        waiter = self._pending.pop(request_id, None)
+        if isinstance(waiter, EngineStream):
+            waiter.done = True
+            with contextlib.suppress(asyncio.QueueFull):
+                waiter.queue.put_nowait(error)
+        elif waiter is not None and not waiter.done():
+            waiter.set_exception(error)

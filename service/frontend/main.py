@@ -115,9 +115,9 @@ async def flush_refusals(metrics: Metrics, process: str) -> None:
         metrics.record_memory(process)
 
 
-def app_from_environment() -> FastAPI:
-    """The factory of a front-end process: settings and logging from ``SERVE_*``."""
-    settings = Settings()
+def app_from_environment(settings: Settings | None = None) -> FastAPI:
+    """The factory of a front-end process: settings (from ``SERVE_*`` unless given) and logging."""
+    settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_format)
     tracing.setup("frontend")
     return create_app(settings)

@@ -9,7 +9,6 @@ import contextlib
 import contextvars
 import functools
 import io
-import struct
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ from service import tracing
 from service.errors import ServeError
 from service.frontend.catalog import ServedModel
 from service.outcomes import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull, QuotaExceeded
+from service.runtimes.images import png_pixels
 from service.transport import PayloadCodec
 
 T = TypeVar("T")
@@ -84,16 +84,12 @@ def decode_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
 
 
-PNG_HEADER = b"\x89PNG\r\n\x1a\n"
-
-
 def decoded_size(raw: Any) -> int:
     """What an input decodes to (an image's pixels from its header, a text's characters), not its bytes:
     a small file can hold a large image."""
     if isinstance(raw, bytes):
-        if raw[:8] == PNG_HEADER and raw[12:16] == b"IHDR" and len(raw) >= 24:
-            width, height = struct.unpack(">II", raw[16:24])  # a PNG's size, without opening it (~60 us less)
-            return int(width * height)
+        if (pixels := png_pixels(raw)) is not None:  # a PNG's size, without opening it (~60 us less)
+            return pixels
         try:
             width, height = Image.open(io.BytesIO(raw)).size  # reads the header only
             return int(width * height)
