@@ -1,9 +1,10 @@
 """``python -m bench.sweep``: how our batching settings move throughput and latency, one setting at a time.
 
-Starting from the defaults, it varies one of ``max_batch_size``, ``max_delay_ms``, ``SERVE_WORKERS`` and
-torch threads while the others keep their defaults, starts the server with each setting (mnist-cnn,
-raw PNG, as ``python -m bench``), and measures req/s, p50 and p99 at 1 connection and at 64. Repeats
-are interleaved. Writes bench/results/sweep-<timestamp>.{md,json}; the README's defaults come from it.
+Starting from the defaults, it varies one of ``max_batch_size``, ``max_delay_ms``, ``SERVE_WORKERS``,
+torch threads and ``SERVE_NICE`` (of the threads beside the inference thread) while the others keep their
+defaults, starts the server with each setting (mnist-cnn, raw PNG, as ``python -m bench``), and measures
+req/s, p50 and p99 at 1 connection and at 64. Repeats are interleaved. Writes
+bench/results/sweep-<timestamp>.{md,json}; the README's defaults come from it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench import report, samples, servers, wrk
@@ -25,27 +26,30 @@ class Setting:
     max_delay_ms: float
     workers: int
     torch_threads: int
+    nice: int
 
     @property
     def label(self) -> str:
         return (f"batch {self.max_batch_size}, delay {self.max_delay_ms:g} ms, {self.workers} front-ends, "
-                f"{self.torch_threads} torch thread(s)")
+                f"{self.torch_threads} torch thread(s), nice {self.nice} but the inference thread")
 
     def spec(self, weights: Path) -> ServerSpec:
         argv = [sys.executable, "-m", "service", "--host", HOST, "--port", "{port}", "--weights-dir",
                 str(weights.parent.parent), "--models", weights.parent.name, "--device", "cpu",
                 "--torch-threads", str(self.torch_threads), "--workers", str(self.workers), "--max-batch-size",
-                str(self.max_batch_size), "--max-delay-ms", f"{self.max_delay_ms:g}", "--log-level", "warning"]
+                str(self.max_batch_size), "--max-delay-ms", f"{self.max_delay_ms:g}", "--nice",
+                str(self.nice), "--log-level", "warning"]
         return ServerSpec("ours", argv, "/v2/health/ready")
 
 
 def one_at_a_time(default: Setting) -> list[Setting]:
     """The default, then each setting varied alone."""
     grid = [default]
-    grid += [Setting(b, default.max_delay_ms, default.workers, default.torch_threads) for b in (8, 16, 64)]
-    grid += [Setting(default.max_batch_size, d, default.workers, default.torch_threads) for d in (0, 1, 5)]
-    grid += [Setting(default.max_batch_size, default.max_delay_ms, w, default.torch_threads) for w in (1, 3)]
-    grid += [Setting(default.max_batch_size, default.max_delay_ms, default.workers, 2)]
+    grid += [replace(default, max_batch_size=b) for b in (8, 16, 64)]
+    grid += [replace(default, max_delay_ms=d) for d in (0, 1, 5)]
+    grid += [replace(default, workers=w) for w in (1, 3)]
+    grid += [replace(default, torch_threads=2)]
+    grid += [replace(default, nice=n) for n in (0, 5, 19)]
     return [s for i, s in enumerate(grid) if s not in grid[:i]]
 
 
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     defaults = Settings(weights_dir=REPO_ROOT / "weights")
-    default = Setting(defaults.max_batch_size, defaults.max_delay_ms, defaults.workers, 1)
+    default = Setting(defaults.max_batch_size, defaults.max_delay_ms, defaults.workers, 1, defaults.nice)
     grid, levels = one_at_a_time(default), [int(c) for c in args.concurrency.split(",")]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     args.out.mkdir(parents=True, exist_ok=True)

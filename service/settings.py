@@ -88,8 +88,8 @@ class Settings(BaseSettings):
     workers: int = Field(default=0, ge=0, le=64, description="HTTP front-end processes sharing the port; they all "
                          "feed the one engine process, which holds every model once; 0 = half the cores, at "
                          "least 2, at most 8")
-    frontend_nice: int = Field(default=10, ge=0, le=19, description="the front-end processes' nice value: where "
-                               "they and the engine want the same cores, the engine's inference thread goes first")
+    nice: int = Field(default=10, ge=0, le=19, description="the nice value of every thread but the engine's inference "
+                      "threads (the front-ends, the engine's event loop): under load the forwards get the cores first")
     in_process: bool = Field(default=False, description="run the engine inside the one HTTP process (development)")
     engine_address: str | None = Field(default=None, description="internal: the engine's ZeroMQ address, set by "
                                        "python -m service for its front-ends; unset = start an engine in-process")

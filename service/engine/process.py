@@ -60,6 +60,15 @@ class InProcessEngine:
             self._tasks.append(asyncio.create_task(self.registry.poll(), name="engine-poll"))
         self._tasks[0].add_done_callback(_crash_on_exit)
 
+    def yield_to_inference(self, nice: int) -> None:
+        """Start the inference thread now, at this thread's priority, then lower this thread's (the event loop's;
+        threads it starts later inherit it): under load the forwards get the cores first. Measured on 2 cores,
+        mnist-cnn at 64 connections, front-ends at nice 10 both times: the loop at nice 0 served 670-713 req/s,
+        at nice 10 706-731."""
+        if nice:
+            self.registry.executor.submit(int).result()  # (a ThreadPoolExecutor starts its thread on first use)
+            os.nice(nice)
+
     def _on_hang(self, reason: str) -> None:
         """Called by the watchdog's thread."""
         if self.exit_on_hang:
@@ -107,6 +116,7 @@ async def serve(settings: Settings) -> None:
         metrics.engine_restarts.inc()
     engine = InProcessEngine(settings, metrics, context, settings.engine_address, exit_on_hang=True)
     await engine.start()
+    engine.yield_to_inference(settings.nice)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -33,7 +33,7 @@ def main() -> None:
     # Before any thread starts (threads inherit it): under load the inference thread, not HTTP, is what limits
     # the requests served, so it gets the cores first (measured on 2 cores, mnist-cnn, 64 connections: nice 0
     # let it run 80% of the time and served 610-630 req/s; nice 10, 86% and 660-690).
-    os.nice(settings.frontend_nice)
+    os.nice(settings.nice)
     app = app_from_environment(settings)
     threading.Thread(target=stop_when_orphaned, name="orphan-watch", daemon=True).start()
     # The socket's own family and protocol (uvicorn's fd= assumes a Unix socket, and asyncio then leaves
