@@ -13,6 +13,7 @@ that signal. So a drain reads until the socket is empty, and a send looks for wa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
@@ -32,6 +33,8 @@ class SocketPump:
         self._fd = int(socket.getsockopt(zmq.FD))
         self._scheduled = False
         self._stopped = False
+        # fails if reading does (not "no message": a closed socket, a terminated context); the pump has stopped
+        self.failed: asyncio.Future[None] = self._loop.create_future()
         self._loop.add_reader(self._fd, self._drain)
         self._schedule()  # what arrived before the loop watched the descriptor
 
@@ -45,7 +48,8 @@ class SocketPump:
         """Stop reading; the socket's owner closes it after this (the loop must forget a descriptor first)."""
         if not self._stopped:
             self._stopped = True
-            self._loop.remove_reader(self._fd)
+            with contextlib.suppress(OSError, ValueError):  # the socket failed: its descriptor may be gone
+                self._loop.remove_reader(self._fd)
 
     def _schedule(self) -> None:
         if not self._scheduled:
@@ -60,6 +64,12 @@ class SocketPump:
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
+                return
+            except zmq.ZMQError as exc:
+                log.error("reading the transport's socket failed: %r", exc)
+                self.stop()
+                if not self.failed.done():
+                    self.failed.set_exception(exc)
                 return
             try:
                 self._on_message(frames)

@@ -79,9 +79,10 @@ class EngineServer:
             await asyncio.sleep(READINESS_POLL_S)
 
     async def serve(self) -> None:
-        """The pump reads the front-ends' messages from the loop: this task is how long it reads."""
+        """The pump reads the front-ends' messages from the loop: this task is how long it reads (and it fails,
+        so the engine exits and is restarted, if the socket does)."""
         try:
-            await asyncio.get_running_loop().create_future()
+            await self.pump.failed
         finally:
             self.pump.stop()
 
