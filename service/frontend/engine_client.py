@@ -161,8 +161,7 @@ class EngineClient:
         self._fail_all(ModelUnavailable(reason))
         for request_id in request_ids:  # the engine drops them too, rather than run them to the end
             if self.connected:
-                with contextlib.suppress(zmq.ZMQError):
-                    self._send(Cancel(request_id))
+                self._send(Cancel(request_id))
 
     def model_status(self, name: str, version: int) -> ModelStatus | None:
         if not self.up or self.status is None:
@@ -219,8 +218,7 @@ class EngineClient:
 
     def forget(self, request_id: int, cancel: bool) -> None:
         if self._pending.pop(request_id, None) is not None and cancel and self.connected:
-            with contextlib.suppress(zmq.ZMQError):
-                self._send(Cancel(request_id))
+            self._send(Cancel(request_id))  # (queued: a send that fails is handled by _flush)
 
     # -- background ---------------------------------------------------------------------------------
     def _send(self, message: Submit | Cancel | Control | StatusQuery, waiter: int = 0) -> None:
@@ -308,8 +306,7 @@ class EngineClient:
         ids = itertools.count(1)
         while True:
             if self.connected:
-                with contextlib.suppress(zmq.ZMQError):
-                    self._send(StatusQuery(next(ids)))
+                self._send(StatusQuery(next(ids)))
             await asyncio.sleep(STATUS_INTERVAL_S)
 
     def _fail_all(self, error: Exception) -> None:
