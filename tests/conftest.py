@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
 import threading
 import time
@@ -258,3 +259,44 @@ def live_server(weights_dir: Path) -> Iterator[LiveServer]:
     settings = Settings(weights_dir=weights_dir, device="cpu", torch_threads=1, port=free_port(), prepare=False)
     with LiveServer(settings) as server:
         yield server
+
+
+# -- skips: fine on a developer's machine, a failure in CI ------------------------------------------------------
+# With CI=true, a test that skips because a tool or a data set is missing fails instead: CI installs everything
+# the suites need. Only what cannot exist on the CI machine may skip there, and says so with UNAVAILABLE_IN_CI.
+UNAVAILABLE_IN_CI = "cannot exist on this machine: "  # the prefix of a skip reason that CI accepts (a GPU, Docker)
+SKIP_REPORT_ENV = "SERVE_SKIP_REPORT"  # a file each run appends its skips to (.ci/run prints it at the end)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def requires_data(*datasets: str) -> pytest.MarkDecorator:
+    """Skip where a shared data set is missing (a failure in CI, see above)."""
+    from training.data import data_root
+
+    missing = [name for name in datasets if not (data_root() / name).is_dir()]
+    return pytest.mark.skipif(bool(missing), reason=f"shared data set(s) {', '.join(missing)} not under "
+                                                    f"{data_root()} (set SERVE_DATA_DIR)")
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    return str(longrepr[2] if isinstance(longrepr, tuple) else longrepr).removeprefix("Skipped: ")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = _skip_reason(report)
+    if in_ci() and not reason.startswith(UNAVAILABLE_IN_CI):
+        report.outcome = "failed"
+        report.longrepr = f"CI=true: this test skipped where CI must run it: {reason}"
+    path = os.environ.get(SKIP_REPORT_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as file:
+            file.write(f"{report.nodeid}: {'FAILED (skip in CI): ' if report.failed else ''}{reason}\n")

@@ -31,7 +31,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import free_port
+from tests.conftest import UNAVAILABLE_IN_CI, free_port
 from training.data import data_root, load_image_split
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,14 +91,16 @@ def find_torch_wheel() -> Path | None:
 
 def daemon_or_skip() -> None:
     if shutil.which("docker") is None:
-        pytest.skip("no docker command: install Docker (e.g. apt-get install docker.io) and start its daemon")
+        pytest.skip(f"{UNAVAILABLE_IN_CI}no docker command: install Docker (e.g. apt-get install docker.io) and "
+                    "start its daemon")
     try:
         info = docker("info", "--format", "{{.ServerVersion}}", timeout=30, check=False)
     except subprocess.TimeoutExpired:
         pytest.skip("`docker info` did not answer within 30 s: the Docker daemon is not responding")
     if info.returncode != 0:
         reason = (info.stderr.strip().splitlines() or ["no answer"])[-1]
-        pytest.skip(f"no Docker daemon answers `docker info` ({reason}): start dockerd to run this test")
+        pytest.skip(f"{UNAVAILABLE_IN_CI}no Docker daemon answers `docker info` ({reason}): start dockerd to run "
+                    "this test")
 
 
 def base_image_or_skip() -> str:

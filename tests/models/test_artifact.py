@@ -23,7 +23,22 @@ def test_round_trip_gives_identical_outputs(tmp_path: Path, architecture: str) -
     pixels = torch.rand(5, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(original(pixels), loaded(pixels))
-    assert (path / "model.safetensors").read_bytes()[:8] != b"\x80\x02\x8a\x0a"  # not a pickle
+    assert_safetensors_of(path / "model.safetensors", original.state_dict())
+
+
+def assert_safetensors_of(file: Path, state: dict[str, torch.Tensor]) -> None:
+    """The file is safetensors (an 8-byte header length, a JSON header, raw tensor bytes), not torch.save's
+    zip or a pickle, and holds exactly the module's tensors."""
+    data = file.read_bytes()
+    assert data[:2] != b"PK" and data[0] != 0x80  # torch.save writes a zip; a bare pickle starts with PROTO
+    header_length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + header_length])
+    header.pop("__metadata__", None)
+    assert set(header) == set(state)
+    for name, entry in header.items():
+        assert entry["shape"] == list(state[name].shape), name
+    end = max(entry["data_offsets"][1] for entry in header.values())
+    assert len(data) == 8 + header_length + end  # nothing but the tensors after the header
 
 
 def test_tampered_weights_are_refused(tmp_path: Path) -> None:

@@ -264,9 +264,19 @@ def test_every_setting_is_a_flag_including_the_json_ones(tmp_path) -> None:  # t
             Settings(**parse_overrides(["--weights-dir", str(tmp_path), "--model-overrides", bad]))  # type: ignore[arg-type]
 
 
-def test_the_predict_route_served_without_routing_answers_and_counts_as_the_route(client: TestClient,
-                                                                                   digit_png: bytes) -> None:
+def test_the_predict_route_served_without_routing_answers_and_counts_as_the_route(
+        client: TestClient, digit_png: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     """service/frontend/direct.py serves these paths before FastAPI routes them: same answers, same metrics."""
+    from service.frontend import middleware
+
+    served_directly: list[str] = []
+    route_directly = middleware.serve_direct
+
+    async def counted(served, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        served_directly.append(scope["path"])
+        await route_directly(served, scope, receive, send)
+
+    monkeypatch.setattr(middleware, "serve_direct", counted)
     headers = {"content-type": "image/png"}
     latest = client.post("/v1/models/tiny-cnn/predict?top_k=2", content=digit_png, headers=headers)
     pinned = client.post("/v1/models/tiny-cnn/versions/1/predict", content=digit_png, headers=headers)
@@ -281,3 +291,6 @@ def test_the_predict_route_served_without_routing_answers_and_counts_as_the_rout
     assert 'route="/v1/models/{name}/predict",status="200"' in metrics
     assert 'route="/v1/models/{name}/versions/{version}/predict",status="200"' in metrics
     assert 'route="/v1/models/{name}/predict",status="415"' in metrics
+    # the served ones went the direct way; unknown models and versions are left to the router's 404
+    assert served_directly == ["/v1/models/tiny-cnn/predict", "/v1/models/tiny-cnn/versions/1/predict",
+                               "/v1/models/tiny-cnn/predict", "/v1/models/tiny-cnn/predict"]

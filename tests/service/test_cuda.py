@@ -9,7 +9,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+from tests.conftest import UNAVAILABLE_IN_CI
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason=f"{UNAVAILABLE_IN_CI}no CUDA device here")
 
 
 def test_an_image_classifier_on_the_gpu_agrees_with_the_cpu(make_client: Callable[..., TestClient],
@@ -34,7 +36,7 @@ def test_generation_and_batches_run_on_the_gpu(make_client: Callable[..., TestCl
 
 
 def test_device_memory_is_in_the_metrics(make_client: Callable[..., TestClient]) -> None:
-    from bench.servers import metric
+    from tests.promtext import value as metric
 
     gpu = make_client(device="cuda")
     text = gpu.get("/metrics").text  # recorded with every engine status (the heartbeat readiness waited on)

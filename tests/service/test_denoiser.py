@@ -105,10 +105,30 @@ def test_a_cancelled_request_is_dropped_before_its_next_step(runtime: DiffusionR
 
 
 def test_a_full_queue_refuses_at_once(runtime: DiffusionRuntime) -> None:
-    requests = [SampleRequest(8, seed, None, 50) for seed in range(4)]
-    results = asyncio.run(sample_all(runtime, requests, Observer(), max_active_rows=8, max_queue=10))
-    assert sum(isinstance(r, QueueFull) for r in results) >= 2  # 8 images fit the queue, 16 do not
-    assert sum(isinstance(r, Samples) for r in results) >= 1
+    """Refused before any denoising step has run, not after waiting for room; what fits is sampled."""
+    observer = Observer()
+
+    async def scenario() -> list[tuple[Any, int]]:
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            loop = DenoisingLoop("tiny", runtime, executor, 8, 10, observer)
+            loop.start()
+
+            async def one(request: SampleRequest) -> tuple[Any, int]:
+                try:
+                    result: Any = await loop.submit(request, time.monotonic() + 30)
+                except QueueFull as refused:
+                    result = refused
+                return result, len(observer.sizes)  # the steps run when its answer came
+
+            try:
+                return await asyncio.gather(*(one(SampleRequest(8, seed, None, 50)) for seed in range(4)))
+            finally:
+                await loop.stop()
+
+    outcomes = asyncio.run(scenario())
+    assert [type(result) for result, _ in outcomes] == [Samples, QueueFull, QueueFull, QueueFull]  # 8 of 10 rows
+    assert [steps for result, steps in outcomes if isinstance(result, QueueFull)] == [0, 0, 0]
+    assert outcomes[0][1] == 50
 
 
 def test_a_failing_step_fails_its_requests_and_the_loop_goes_on(runtime: DiffusionRuntime,

@@ -9,8 +9,9 @@ import time
 import httpx
 from fastapi.testclient import TestClient
 
-from bench.servers import metric
 from tests.conftest import LiveServer
+from tests.promtext import samples
+from tests.promtext import value as metric
 
 
 def test_prometheus_metrics(client: TestClient, digit_png: bytes) -> None:
@@ -61,7 +62,7 @@ def test_a_client_that_leaves_is_dropped_before_the_forward(live_server: LiveSer
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         after = httpx.get(f"{base}/metrics").text
-        if metric(after, "serve_dropped_inputs_total", model="tiny-cnn", reason="cancelled") >= 1:
+        if sum(samples(after, "serve_dropped_inputs_total", model="tiny-cnn", reason="cancelled")) >= 1:
             break
         time.sleep(0.05)
     assert metric(after, "serve_dropped_inputs_total", model="tiny-cnn", reason="cancelled") == 1

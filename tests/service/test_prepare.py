@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from torch import nn
 
 import models
-from service.engine.prepare import prepare, prepare_image_forward
+from service.engine.prepare import MIN_SPEEDUP, TOLERANCE, prepare, prepare_image_forward
 from tests.conftest import make_artifact, make_lm_artifact
 
 
@@ -103,9 +103,21 @@ def test_the_metadata_says_which_forward_serves_and_every_model_was_checked(make
     prepared: TestClient = make_client(prepare=True)
     names = [model["id"] for model in prepared.get("/v1/models").json()["data"]]
     assert len(names) >= 8
+    registry = prepared.app.state.engine.registry
+    traced = 0
     for name in names:  # every family traces, passes its equivalence check, and serves the faster form
-        forward = prepared.get(f"/v1/models/{name}").json()["forward"]
+        detail = prepared.get(f"/v1/models/{name}").json()
+        forward = detail["forward"]
         assert "max diff" in forward and "differs" not in forward and "fails" not in forward, (name, forward)
+        serving = registry.get(name, detail["version"]).runtime.prepared  # what the forwards really call
+        assert serving.description == forward and serving.max_diff <= TOLERANCE
+        if serving.kind == "traced":  # timed faster than eager by the margin, and a TorchScript module runs
+            assert serving.speedup >= MIN_SPEEDUP and isinstance(serving.forward, torch.jit.ScriptModule), name
+            traced += 1
+        else:  # traced was checked, timed, and not fast enough: the eager module itself runs
+            assert serving.kind == "eager" and serving.speedup < MIN_SPEEDUP, (name, forward)
+            assert not isinstance(serving.forward, torch.jit.ScriptModule), name
+    assert traced >= 3  # most families gain here (tiny-gpt about 2x, the text encoders 1.4-1.8x)
     plain: TestClient = make_client(prepare=False)
     assert plain.get("/v1/models/tiny-cnn").json()["forward"] == "eager"
 

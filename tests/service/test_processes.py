@@ -23,10 +23,11 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.servers import metric
 from service.supervisor import Child
 from tests.conftest import free_port, make_artifact, make_lm_artifact
+from tests.promtext import value as metric
 
+pytestmark = pytest.mark.system  # real processes: make test-system
 REPO = Path(__file__).resolve().parents[2]
 
 

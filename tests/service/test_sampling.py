@@ -19,10 +19,16 @@ def test_limits_that_mean_greedy() -> None:
 
 
 def test_a_row_does_not_depend_on_its_neighbours() -> None:
-    logits = torch.randn(3, 40, generator=torch.Generator().manual_seed(1))
-    alone = [sample(logits[1:2], [Sampling(0.8, 10, 0.9)], generators(7))[0] for _ in range(1)]
-    together = sample(logits, [Sampling(1.0), Sampling(0.8, 10, 0.9), Sampling(0.0)], generators(3, 7, 9))
-    assert together[1] == alone[0]
+    """Sixty draws of one row, alone and in two different batches (other rows, other settings, other
+    positions), with generators of the same seed: the same sixty tokens each time."""
+    logits = torch.randn(60, 3, 40, generator=torch.Generator().manual_seed(1))
+    setting = Sampling(0.8, 10, 0.9)
+    alone, first, second = generators(7), generators(3, 7, 9), generators(7, 5)
+    for step in logits:
+        solo = sample(step[1:2], [setting], alone)[0]
+        assert sample(step, [Sampling(1.0), setting, Sampling(0.0)], first)[1] == solo
+        assert sample(step.flip(0)[1:], [setting, Sampling(1.5, 3)], second)[0] == solo
+    assert len({int(t) for t in sample(logits[:, 1], [setting] * 60, generators(*range(60)))}) > 1  # not greedy
 
 
 def test_draws_follow_the_softmax_and_respect_top_k() -> None:

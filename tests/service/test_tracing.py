@@ -23,12 +23,13 @@ from tests.service.test_processes import Server
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
+DEFAULT_OTLP_PORT = 4318  # OTLP/HTTP's default: where an exporter with no endpoint set sends
 
 
 class Receiver:
     """An OTLP/HTTP trace receiver: every span it is sent, with its process's resource attributes."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         self.spans: list[dict[str, Any]] = []
         receiver = self
 
@@ -52,7 +53,7 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.port = free_port()
+        self.port = port or free_port()
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -109,9 +110,38 @@ def test_a_request_is_traced_across_the_engine_boundary(tmp_path: Path, receiver
     assert generation["generate"]["process"] == "engine"
 
 
-def test_tracing_is_off_without_otel_variables() -> None:
+def test_tracing_is_requested_only_by_otel_variables() -> None:
     assert not tracing.requested({})
     assert not tracing.requested({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x", "OTEL_SDK_DISABLED": "true"})
     assert not tracing.requested({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x", "OTEL_TRACES_EXPORTER": "none"})
     assert tracing.requested({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://x/v1/traces"})
-    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in os.environ or tracing.active()
+    assert tracing.requested({"OTEL_TRACES_EXPORTER": "otlp"})
+
+
+@pytest.mark.system  # real processes: make test-system
+def test_without_otel_variables_no_span_is_sent(tmp_path: Path, digit_png: bytes,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A receiver listens where OTLP exporters send by default (localhost:4318); a server started without
+    OTEL_* variables serves a traced request and a generation, shuts down (which would flush any batched
+    span), and the receiver has heard nothing."""
+    for name in [name for name in os.environ if name.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
+    try:
+        receiver = Receiver(port=DEFAULT_OTLP_PORT)
+    except OSError as exc:
+        pytest.fail(f"port {DEFAULT_OTLP_PORT}, OTLP's default, is taken here ({exc}): free it to run this test")
+    make_artifact(tmp_path, "tiny-cnn", 1, "cnn")
+    make_lm_artifact(tmp_path, "tiny-gpt")
+    server = Server(tmp_path, env={"OTEL_BSP_SCHEDULE_DELAY": "100"})  # not a variable that turns tracing on
+    try:
+        server.wait_ready()
+        answered = httpx.post(f"{server.base}/v1/models/tiny-cnn/predict", content=digit_png,
+                              headers={"content-type": "image/png", "traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-01"})
+        assert answered.status_code == 200
+        assert httpx.post(f"{server.base}/v1/models/tiny-gpt/generate",
+                          json={"prompt": "ab", "max_tokens": 3}).status_code == 200
+        time.sleep(0.5)  # five batch delays
+    finally:
+        server.stop()
+        receiver.server.shutdown()
+    assert receiver.spans == []

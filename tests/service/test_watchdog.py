@@ -109,7 +109,7 @@ def test_a_hung_forward_restarts_the_engine_and_fails_its_requests_fast(hanging_
 
 
 def test_in_the_development_server_a_hang_fails_every_model(make_client, digit_png: bytes) -> None:  # type: ignore[no-untyped-def]
-    client = make_client(models=["tiny-cnn"], watchdog_floor_s=0.5)
+    client = make_client(models=["tiny-cnn", "tiny-gpt"], watchdog_floor_s=0.5)
     release = threading.Event()
 
     def hanging_forward(payloads: list[object]) -> list[object]:
@@ -125,5 +125,9 @@ def test_in_the_development_server_a_hang_fails_every_model(make_client, digit_p
         assert took < 5
         ready = client.get("/v2/health/ready")
         assert ready.status_code == 503 and "hung" in ready.json()["error"]
+        # the other model shares the hung thread: it fails too, at once, instead of queueing behind it
+        other = client.post("/v1/models/tiny-gpt/generate", json={"prompt": "ab", "max_tokens": 2})
+        assert other.status_code == 503, other.text
+        assert client.get("/v2/models/tiny-gpt/ready").status_code != 200
     finally:
         release.set()

@@ -32,11 +32,11 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT, free_port, requires_data
 from tests.soak import probes
 from tests.soak.processes import roles, usage
 from tests.soak.traffic import Stats, check, send, traffic
-from training.data import data_root, load_image_split, load_series, load_sst2
+from training.data import load_image_split, load_series, load_sst2
 
 SOAK_SECONDS = int(os.environ.get("SOAK_SECONDS", "600"))
 WARMUP_S = max(10, SOAK_SECONDS // 10)
@@ -53,7 +53,7 @@ SWAPPED = "mnist-cnn"  # its version 1 is copied as version 2, loaded, served an
 ADMIN_KEY = secrets.token_hex(16)
 
 pytestmark = [pytest.mark.soak,
-              pytest.mark.skipif(not (data_root() / "mnist").is_dir(), reason="shared datasets not present")]
+              requires_data("mnist")]
 
 
 class Server:

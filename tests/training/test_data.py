@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.data import data_root, load_image_split, read_idx_images, read_idx_labels
+from tests.conftest import requires_data
+from training.data import load_image_split, read_idx_images, read_idx_labels
 
 
 def write_idx(tmp_path: Path, images: np.ndarray, labels: np.ndarray, prefix: str = "train") -> None:
@@ -44,7 +45,7 @@ def test_bad_magic_and_sizes_are_errors(tmp_path: Path) -> None:
         read_idx_images(tmp_path / "missing.gz")
 
 
-@pytest.mark.skipif(not (data_root() / "mnist").is_dir(), reason="shared datasets not present")
+@requires_data("mnist")
 def test_real_mnist_test_split() -> None:
     split = load_image_split("mnist", "test")
     assert split.images.shape == (10_000, 28, 28) and split.images.dtype == np.uint8

