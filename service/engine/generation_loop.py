@@ -170,7 +170,11 @@ class GenerationLoop(Scheduler):
             now = time.monotonic()
             for sequence in joining:
                 self._observer.queue_wait(now - sequence.enqueued)
-        future = loop.run_in_executor(self._executor, self._iterate, keep, joining)
+        # What the worker needs, taken here on the loop's thread: a stop or a watchdog may clear _active while
+        # the step runs, and the worker must not read it then.
+        staying = [self._active[i] for i in keep]
+        all_stay = len(keep) == len(self._active)
+        future = loop.run_in_executor(self._executor, self._iterate, keep, staying, all_stay, joining)
         return _Step(future, keep, joining, time.perf_counter())
 
     @staticmethod
@@ -178,16 +182,17 @@ class GenerationLoop(Scheduler):
         """Needs no more steps: done, cancelled, or its last token is its ``max_tokens``-th."""
         return sequence.done or sequence.cancelled or sequence.generated >= sequence.request.max_tokens
 
-    def _iterate(self, keep: list[int], joining: list[_Sequence]) -> list[int]:
+    def _iterate(self, keep: list[int], staying: list[_Sequence], all_stay: bool,
+                 joining: list[_Sequence]) -> list[int]:
         """Worker thread: drop leavers, step the running rows, prefill the joiners; one token per row."""
         with torch.inference_mode():  # the batch state is made of inference tensors: every update is in this mode
-            return self._iterate_rows(keep, joining)
+            return self._iterate_rows(keep, staying, all_stay, joining)
 
-    def _iterate_rows(self, keep: list[int], joining: list[_Sequence]) -> list[int]:
+    def _iterate_rows(self, keep: list[int], staying: list[_Sequence], all_stay: bool,
+                      joining: list[_Sequence]) -> list[int]:
         runtime = self.runtime
-        if self._batch is not None and keep != list(range(len(self._active))):  # someone left: copy the rest
+        if self._batch is not None and not all_stay:  # someone left: copy the rest
             self._batch = runtime.keep(self._batch, keep)
-        staying = [self._active[i] for i in keep]
         tokens: list[int] = []
         if staying:
             full = runtime.full_rows(self._batch)  # GPT rows at the end of their context: refill from the end

@@ -34,10 +34,12 @@ class Scheduler:
             self._task.add_done_callback(self._on_exit)
 
     async def stop(self) -> None:
+        if self._dead_reason is None:  # said first: the task's exit must not read as a crash or a stop of its own
+            self._dead_reason = "the model is shutting down"
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        self._die("the model is shutting down")
+        self._die(self._dead_reason)
 
     def fail(self, reason: str) -> None:
         """Die now with ``reason`` (the engine is hung): fail what waits, report not alive."""

@@ -6,9 +6,12 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import orjson
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from service.errors import ServeError
 from service.frontend.admission import Admission, share
 from service.frontend.predict import INLINE_DECODE_UNITS, decoded_size
 from service.runtimes.image_generator import SampleRequest
@@ -83,3 +86,32 @@ def test_decoding_cost_is_judged_by_pixels_not_bytes() -> None:
     Image.new("L", (300, 200)).save(jpeg, format="JPEG")
     assert decoded_size(jpeg.getvalue()) == 60_000  # other formats: from the header, through Pillow
     assert decoded_size(small_file_large_image[:20]) == 20  # a PNG cut inside its header: its decoder says so
+
+
+def test_admission_counts_places_and_refuses_in_the_one_error_shape() -> None:
+    config = ServingConfig(max_batch_size=2, max_delay_s=0.002, max_queue=1, timeout_s=10)  # capacity 3
+    admission = Admission(config, name="m")
+    assert admission.limit == 3 and admission.in_flight == 0 and not admission.full
+    assert orjson.loads(admission.refusal) == {"error": "model m is at capacity (3 inputs in flight here); "
+                                                        "retry later", "type": "queue_full"}
+    admission.check("m")  # room: nothing raised
+    first = admission.take("m", 2)
+    assert admission.in_flight == 2 and not admission.full
+    with pytest.raises(ServeError) as refused:
+        admission.take("m", 2)  # 2 + 2 > 3: all or nothing
+    error = refused.value
+    assert (error.status, error.type, error.headers) == (503, "queue_full", {"Retry-After": "1"})
+    assert str(error.message) == "model m is at capacity (3 inputs in flight here); retry later"
+    assert admission.in_flight == 2
+    with admission.take("m", 1):  # exactly the last place
+        assert admission.full
+        with pytest.raises(ServeError, match="model m is at capacity"):
+            admission.check("m")
+    first.release()
+    first.release()  # idempotent: given back once
+    assert admission.in_flight == 0
+
+
+def test_each_front_end_gets_at_least_one_place() -> None:
+    assert [share(3, i, 5) for i in range(5)] == [1, 1, 1, 1, 1]
+    assert [share(10, i, 4) for i in range(4)] == [3, 3, 2, 2]

@@ -19,7 +19,9 @@ from service.engine.batcher import (
     DeadlineExceeded,
     ModelUnavailable,
     QueueFull,
+    Timing,
     WorkerFatal,
+    _Item,
 )
 
 
@@ -57,7 +59,7 @@ class Observer:
         self.sizes.append(size)
 
     def queue_depth(self, depth: int) -> None:
-        pass
+        self.depths = [*getattr(self, "depths", []), depth]
 
     def dropped(self, reason: str, count: int) -> None:
         self.dropped_counts[reason] = self.dropped_counts.get(reason, 0) + count
@@ -283,24 +285,28 @@ def test_a_dead_inference_thread_fails_waiting_requests_and_turns_the_model_not_
     run(scenario())
 
 
-def test_a_fatal_device_error_kills_the_batcher_and_fails_its_queue() -> None:
+def test_a_fatal_device_error_kills_the_batcher_and_fails_its_queue(caplog: pytest.LogCaptureFixture) -> None:
     def fatal(payloads: list[Any]) -> list[Any]:
         time.sleep(0.05)
         raise WorkerFatal("device lost")
 
     async def scenario() -> None:
         executor = ThreadPoolExecutor(max_workers=1)
-        batcher = Batcher("fatal", fatal, BatchConfig(max_batch_size=1), executor)
+        observer = Observer()
+        batcher = Batcher("fatal", fatal, BatchConfig(max_batch_size=1), executor, observer)
         batcher.start()
         first = asyncio.ensure_future(batcher.submit([1], later()))
         queued = asyncio.ensure_future(batcher.submit([2], later()))
         for task in (first, queued):
-            with pytest.raises(ModelUnavailable):
+            with pytest.raises(ModelUnavailable, match=r"^inference thread died: device lost$"):
                 await task
-        assert not batcher.alive
+        assert not batcher.alive and observer.depths[-1] == 0  # the gauge shows the queue gone
         executor.shutdown()
 
     run(scenario())
+    # once per forward that met the dead device (the queued batch was already handed over)
+    assert {r.getMessage() for r in caplog.records if r.levelname == "ERROR"} == {
+        "model fatal: inference thread died: WorkerFatal('device lost')"}
 
 
 def test_config_is_validated() -> None:
@@ -338,3 +344,293 @@ def test_an_announcement_that_fails_to_arrive_delays_at_most_max_delay() -> None
         return elapsed
 
     assert 0.08 <= run(scenario()) < 0.6
+
+
+def test_the_queue_takes_exactly_max_queue_inputs() -> None:
+    async def scenario() -> None:
+        model = RecordingModel()
+        batcher, executor, _ = make(model, max_batch_size=1, max_queue=3)
+        model.gate.clear()
+        running = asyncio.ensure_future(batcher.submit([1], later()))
+        await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+        queued = [asyncio.ensure_future(batcher.submit([2, 3], later()))]
+        await asyncio.sleep(0.01)
+        queued.append(asyncio.ensure_future(batcher.submit([4], later())))  # 2 + 1 = 3: fits exactly
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull):
+            await batcher.submit([5], later())  # a fourth does not
+        model.gate.set()
+        assert [await running, *[await q for q in queued]] == [[10], [20, 30], [40]]
+        await batcher.stop()
+        executor.shutdown()
+
+    run(scenario())
+
+
+def test_retry_after_is_the_time_to_work_off_the_queue() -> None:
+    async def scenario() -> list[int]:
+        model = RecordingModel()
+        batcher, executor, _ = make(model, max_batch_size=2, max_queue=8)
+        model.gate.clear()
+        running = asyncio.ensure_future(batcher.submit([0], later()))
+        await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+        waiting = asyncio.ensure_future(batcher.submit(list(range(1, 9)), later()))
+        await asyncio.sleep(0.01)
+        advised = []
+        for ema in (0.0, 0.25, 0.9):  # seconds per batch, as measured: 8 inputs wait, 4 batches of 2
+            batcher._batch_seconds_ema = ema
+            with pytest.raises(QueueFull) as refused:
+                await batcher.submit([9], later())
+            advised.append(refused.value.retry_after_s)
+        model.gate.set()
+        await asyncio.gather(running, waiting)
+        await batcher.stop()
+        executor.shutdown()
+        return advised
+
+    assert run(scenario()) == [1, 1, 4]  # at least a second; 4 batches x 0.9 s -> 3.6 -> 4
+
+
+def test_timing_says_where_a_requests_time_went() -> None:
+    async def scenario() -> tuple[Timing, float, float]:
+        model = RecordingModel(delay_s=0.05)
+        batcher, executor, _ = make(model, max_batch_size=8)
+        timing = Timing()
+        started = time.monotonic()
+        assert await batcher.submit([1, 2, 3], later(), timing=timing) == [10, 20, 30]
+        ended = time.monotonic()
+        await batcher.stop()
+        executor.shutdown()
+        return timing, started, ended
+
+    timing, started, ended = run(scenario())
+    assert timing.batch_size == 3 and 0.05 <= timing.forward_s < ended - started
+    assert started <= timing.forward_started <= ended - timing.forward_s
+    assert 0 <= timing.queue_s < 0.05  # a lone request on an idle model: no wait to speak of
+
+
+def test_an_unstarted_or_stopped_batcher_says_why_it_refuses() -> None:
+    async def scenario() -> tuple[str, str]:
+        executor = ThreadPoolExecutor(max_workers=1)
+        batcher = Batcher("test", RecordingModel(), BatchConfig(), executor)
+        with pytest.raises(ModelUnavailable) as unstarted:
+            await batcher.submit([1], later())
+        batcher.start()
+        assert await batcher.submit([1], later()) == [10]
+        await batcher.stop()
+        with pytest.raises(ModelUnavailable) as stopped:
+            await batcher.submit([1], later())
+        executor.shutdown()
+        return str(unstarted.value), str(stopped.value)
+
+    assert run(scenario()) == ("the model is not started", "the model is shutting down")
+
+
+def test_a_passed_deadline_is_refused_before_queueing() -> None:
+    async def scenario() -> RecordingModel:
+        model = RecordingModel()
+        batcher, executor, _ = make(model)
+        with pytest.raises(DeadlineExceeded):
+            await batcher.submit([1], time.monotonic() - 0.001)
+        assert batcher.depth == 0
+        await batcher.stop()
+        executor.shutdown()
+        return model
+
+    assert run(scenario()).batches == []
+
+
+def test_announcements_add_up_and_release_once() -> None:
+    async def scenario() -> list[int]:
+        batcher, executor, _ = make(RecordingModel())
+        counts = []
+        first, second = batcher.announce(1), batcher.announce(2)
+        counts.append(batcher._incoming)
+        second.release()
+        second.release()  # idempotent
+        counts.append(batcher._incoming)
+        with first:
+            pass
+        counts.append(batcher._incoming)
+        await batcher.stop()
+        executor.shutdown()
+        return counts
+
+    assert run(scenario()) == [3, 1, 0]
+
+
+def test_only_device_errors_and_a_broken_executor_are_fatal() -> None:
+    from concurrent.futures import BrokenExecutor
+
+    from service.engine.batcher import is_fatal
+
+    assert is_fatal(BrokenExecutor()) and is_fatal(WorkerFatal("gone"))
+    assert is_fatal(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert not is_fatal(RuntimeError("shape mismatch")) and not is_fatal(ValueError("CUDA error"))
+    assert not is_fatal(RuntimeError("cuda error (lower case is not CUDA's message)"))
+
+
+def test_inputs_from_two_front_ends_in_one_batch_are_counted_as_mixed() -> None:
+    async def scenario() -> list[int]:
+        model = RecordingModel()
+        batcher, executor, observer = make(model, max_batch_size=8, max_delay_s=0.2)
+        sources: list[int] = []
+        observer.batch_done = lambda size, seconds, n=1: sources.append(n)  # type: ignore[method-assign]
+        model.gate.clear()
+        first = asyncio.ensure_future(batcher.submit([0], later(), source=b"a"))
+        await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+        rest = [asyncio.ensure_future(batcher.submit([i], later(), source=s)) for i, s in ((1, b"a"), (2, b"b"))]
+        await asyncio.sleep(0.02)
+        model.gate.set()
+        await asyncio.gather(first, *rest)
+        await batcher.stop()
+        executor.shutdown()
+        return sources
+
+    assert run(scenario()) == [1, 2]
+
+
+def test_between_closing_and_running_expired_and_cancelled_inputs_are_dropped_and_counted() -> None:
+    """The last look before a closed batch runs: an input whose deadline passed gets DeadlineExceeded, one whose
+    caller left is skipped, each counted under its reason; the live one stays untouched."""
+    async def scenario() -> tuple[list[Any], dict[str, int]]:
+        batcher, executor, observer = make(RecordingModel())
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        items = [_Item(1, loop.create_future(), now - 0.01, now), _Item(2, loop.create_future(), now + 5, now),
+                 _Item(3, loop.create_future(), now - 0.01, now), _Item(4, loop.create_future(), now + 5, now)]
+        items[1].future.cancel()
+        batcher._purge_batch(items)
+        outcomes = [type(item.future.exception()) if item.future.done() and not item.future.cancelled()
+                    else ("cancelled" if item.future.cancelled() else "live") for item in items]
+        await batcher.stop()
+        executor.shutdown()
+        return outcomes, observer.dropped_counts
+
+    outcomes, dropped = run(scenario())
+    assert outcomes == [DeadlineExceeded, "cancelled", DeadlineExceeded, "live"]
+    assert dropped == {"deadline": 2, "cancelled": 1}
+
+
+def test_nothing_is_counted_as_dropped_when_nothing_was() -> None:
+    async def scenario() -> dict[str, int]:
+        batcher, executor, observer = make(RecordingModel(), max_batch_size=4)
+        await asyncio.gather(*(batcher.submit([i], later()) for i in range(10)))
+        await batcher.stop()
+        executor.shutdown()
+        return observer.dropped_counts
+
+    assert run(scenario()) == {}
+
+
+def test_the_queue_is_purged_of_expired_and_cancelled_inputs_in_order() -> None:
+    async def scenario() -> tuple[list[Any], list[Any], dict[str, int], list[int]]:
+        batcher, executor, observer = make(RecordingModel())
+        observer.depths = []
+        batcher._purge()  # an empty queue: nothing to say
+        assert observer.depths == [] and observer.dropped_counts == {}
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        items = [_Item(i, loop.create_future(), now + (5 if i % 3 else -0.01), now) for i in range(7)]
+        items[1].future.cancel()
+        items[3].future.cancel()  # expired and cancelled: counted once, as expired
+        batcher._queue.extend(items)
+        batcher._purge()
+        kept = [item.payload for item in batcher._queue]
+        failed = [type(item.future.exception()) for item in items
+                  if item.future.done() and not item.future.cancelled()]
+        depths = list(observer.depths)
+        batcher._queue.clear()
+        await batcher.stop()
+        executor.shutdown()
+        return kept, failed, observer.dropped_counts, depths
+
+    kept, failed, dropped, depths = run(scenario())
+    assert kept == [2, 4, 5] and failed == [DeadlineExceeded, DeadlineExceeded]  # items 0 and 6
+    assert dropped == {"deadline": 3, "cancelled": 1} and depths == [3]
+
+
+def test_a_full_batch_runs_at_once_even_while_more_inputs_are_announced() -> None:
+    async def scenario() -> tuple[float, list[list[Any]]]:
+        model = RecordingModel()
+        batcher, executor, _ = make(model, max_batch_size=2, max_delay_s=1.0)
+        with batcher.announce(5):  # more are coming, but two already fill a batch
+            started = time.perf_counter()
+            assert await batcher.submit([1, 2], later()) == [10, 20]
+            elapsed = time.perf_counter() - started
+        await batcher.stop()
+        executor.shutdown()
+        return elapsed, model.batches
+
+    elapsed, batches = run(scenario())
+    assert elapsed < 0.5 and batches == [[1, 2]]  # not after the 1 s delay
+
+
+def test_while_the_device_is_busy_a_batch_grows_until_the_forward_should_end() -> None:
+    """Once forwards are known to take ~0.2 s, inputs arriving during one join a single next batch instead of
+    closing after max_delay (10 ms) each."""
+    async def scenario() -> list[list[Any]]:
+        model = RecordingModel(delay_s=0.2)
+        batcher, executor, _ = make(model, max_batch_size=8, max_delay_s=0.01)
+        await batcher.submit(["warm"], later())  # measures a forward: ~0.2 s
+        running = asyncio.ensure_future(batcher.submit(["a"], later()))
+        await asyncio.sleep(0.03)
+        b = asyncio.ensure_future(batcher.submit(["b"], later()))
+        await asyncio.sleep(0.08)
+        c = asyncio.ensure_future(batcher.submit(["c"], later()))
+        await asyncio.gather(running, b, c)
+        await batcher.stop()
+        executor.shutdown()
+        return model.batches
+
+    assert run(scenario()) == [["warm"], ["a"], ["b", "c"]]
+
+
+def test_the_forward_time_estimate_is_a_moving_average_of_measured_forwards() -> None:
+    async def scenario() -> tuple[list[float], list[float]]:
+        model = RecordingModel(delay_s=0.02)
+        batcher, executor, observer = make(model)
+        measured: list[float] = []
+        observer.batch_done = lambda size, seconds, sources=1: measured.append(seconds)  # type: ignore[method-assign]
+        estimates = []
+        for delay in (0.02, 0.08, 0.04):
+            model.delay_s = delay
+            await batcher.submit([1], later())
+            estimates.append(batcher._batch_seconds_ema)
+        await batcher.stop()
+        executor.shutdown()
+        return measured, estimates
+
+    measured, estimates = run(scenario())
+    expected = [measured[0]]
+    for seconds in measured[1:]:
+        expected.append(0.8 * expected[-1] + 0.2 * seconds)
+    assert estimates == pytest.approx(expected) and measured[1] >= 0.08
+
+
+def test_a_failed_forward_says_what_failed(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> list[Any]:
+        model = RecordingModel(fail_on=lambda payloads: True)
+        batcher, executor, _ = make(model)
+        results = await asyncio.gather(batcher.submit([1, 2], later()), return_exceptions=True)
+        short = Batcher("short", lambda payloads: [0], BatchConfig(), executor)  # one result for two inputs
+        short.start()
+        results += await asyncio.gather(short.submit([1, 2], later()), return_exceptions=True)
+        await batcher.stop()
+        await short.stop()
+        executor.shutdown()
+        return results
+
+    failed, short = run(scenario())
+    assert isinstance(failed, BatchFailed) and str(failed) == "boom" and isinstance(failed.__cause__, ValueError)
+    assert isinstance(short, BatchFailed) and str(short) == "forward returned 1 results for 2 inputs"
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "model test: forward of a batch of 2 failed: ValueError('boom')",
+        "model short: forward of a batch of 2 failed: RuntimeError('forward returned 1 results for 2 inputs')"]
+
+
+def test_config_bounds() -> None:
+    BatchConfig(max_batch_size=1, max_queue=1, max_delay_s=0.0)  # the smallest valid
+    for bad in ({"max_batch_size": 0}, {"max_queue": 0}, {"max_delay_s": -0.001}):
+        with pytest.raises(ValueError, match="invalid batching config BatchConfig"):
+            BatchConfig(**bad)  # type: ignore[arg-type]

@@ -9,8 +9,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from service.settings import Settings, unknown_settings
+import pytest
+from pydantic import ValidationError
+
+from service.settings import Settings, VersionPolicy, unknown_settings
 from tests.conftest import REPO_ROOT, free_port, make_artifact
 
 
@@ -54,3 +58,91 @@ def test_python_m_service_warns_of_a_misspelt_variable(tmp_path: Path) -> None:
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=20)
+
+
+# -- validation: every rule refuses what it should and keeps what it should --------------------------------------
+def settings(tmp_path: Path, **values: Any) -> Settings:
+    return Settings(weights_dir=tmp_path, **values)
+
+
+def test_comma_lists_are_split_and_trimmed(tmp_path: Path) -> None:
+    parsed = settings(tmp_path, models=" mnist-cnn, sst2-gru ,,", api_keys="a,b", admin_keys=["x, y"])
+    assert parsed.models == ["mnist-cnn", "sst2-gru"] and parsed.api_keys == ["a", "b"]
+    assert parsed.admin_keys == ["x, y"]  # a list is taken as it is
+    assert settings(tmp_path, models="").models == []
+
+
+def test_json_objects_from_flags_and_their_errors(tmp_path: Path) -> None:
+    parsed = settings(tmp_path, model_overrides='{"m": {"max_batch_size": 4, "version_policy": {"latest": 2}}}')
+    assert parsed.model_overrides["m"].max_batch_size == 4
+    assert parsed.model_overrides["m"].version_policy == VersionPolicy(latest=2)
+    with pytest.raises(ValidationError, match="not valid JSON"):
+        settings(tmp_path, model_overrides="{m: 4}")
+    with pytest.raises(ValidationError, match="max_batch_size"):
+        settings(tmp_path, model_overrides={"m": {"max_batch_size": 0}})
+    with pytest.raises(ValidationError, match="extra"):
+        settings(tmp_path, model_overrides={"m": {"max_batch": 4}})
+
+
+@pytest.mark.parametrize("given, kept", [("auto", "auto"), ("CPU", "cpu"), (" cuda ", "cuda"), ("cuda:1", "cuda:1")])
+def test_devices_accepted(tmp_path: Path, given: str, kept: str) -> None:
+    assert settings(tmp_path, device=given).device == kept
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:", "cuda:x", "cuda1", "mps", ""])
+def test_devices_refused(tmp_path: Path, device: str) -> None:
+    with pytest.raises(ValidationError, match="device must be auto, cpu, cuda or cuda:N"):
+        settings(tmp_path, device=device)
+
+
+def test_log_level_in_any_case_and_bounds(tmp_path: Path) -> None:
+    assert settings(tmp_path, log_level="WARNING").log_level == "warning"
+    for field, bad in [("port", -1), ("port", 65536), ("max_batch_size", 0), ("max_batch_size", 4097),
+                       ("timeout_ms", 0), ("max_body_bytes", 1023), ("workers", 65), ("nice", 20)]:
+        with pytest.raises(ValidationError, match=field):
+            settings(tmp_path, **{field: bad})
+    assert settings(tmp_path, port=65535, max_batch_size=4096, nice=19).port == 65535
+
+
+def test_quotas_must_name_keys_that_exist_and_do_not_echo_them(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="set api_keys too"):
+        settings(tmp_path, key_quotas={"*": {"concurrent": 2}})
+    with pytest.raises(ValidationError, match="names 1 key") as refused:
+        settings(tmp_path, api_keys="a", key_quotas={"a": {"concurrent": 1}, "secret-b": {"concurrent": 1}})
+    assert "secret-b" not in str(refused.value)
+    parsed = settings(tmp_path, api_keys="a", key_quotas={"a": {"concurrent": 1}, "*": {"requests_per_s": 2.5}})
+    assert parsed.key_quotas["*"].burst_size == 2.5 and parsed.key_quotas["a"].burst_size == 1.0
+
+
+def test_a_missing_weights_dir_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="is not a directory"):
+        Settings(weights_dir=tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("cores, workers", [(1, 2), (4, 2), (6, 3), (16, 8), (64, 8)])
+def test_workers_default_to_half_the_cores_between_two_and_eight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 cores: int, workers: int) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)))
+    assert settings(tmp_path).workers == workers
+    assert settings(tmp_path, workers=5).workers == 5
+
+
+@pytest.mark.parametrize("cores, threads", [(None, 1), (1, 1), (2, 1), (6, 3), (8, 4), (32, 4)])
+def test_torch_threads_default_to_half_the_cores_at_most_four(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              cores: int | None, threads: int) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert settings(tmp_path).resolved_torch_threads() == threads
+    assert type(settings(tmp_path).resolved_torch_threads()) is int  # torch.set_num_threads takes an int
+    assert settings(tmp_path, torch_threads=7).resolved_torch_threads() == 7
+
+
+def test_version_policies_select_what_they_say() -> None:
+    found = [3, 1, 4, 2]
+    assert VersionPolicy(latest=2).select(found) == [3, 4]
+    assert VersionPolicy(latest=9).select(found) == [1, 2, 3, 4]
+    assert VersionPolicy(specific=[2, 7]).select(found) == [2]
+    assert VersionPolicy(all=True).select(found) == VersionPolicy().select(found) == [1, 2, 3, 4]
+    for bad in ({"latest": 1, "all": True}, {"latest": 1, "specific": [1]}, {"latest": 0}, {"specific": []},
+                {"newest": 1}):
+        with pytest.raises(ValidationError):
+            VersionPolicy(**bad)  # type: ignore[arg-type]
