@@ -51,7 +51,7 @@ def main() -> int:
         module["mutants"] += 1
         if status in DETECTED:
             module["killed"] += 1
-        elif status == "survived" and name in equivalent:
+        elif status in ("survived", "no tests") and name in equivalent:
             module["equivalent"] += 1
         else:  # survived, no tests, not checked, suspicious: the tests did not notice it
             module["survived"] += 1
@@ -67,7 +67,7 @@ def main() -> int:
     judged = total["mutants"] - total["equivalent"]
     print(f"{'all':40} {total['mutants']:8} {total['killed']:7} {total['equivalent']:7} {total['survived']:9} "
           f"{total['survived'] / judged:13.1%}")
-    stale = sorted(name for name in equivalent if statuses.get(name) != "survived")
+    stale = sorted(name for name in equivalent if statuses.get(name) not in ("survived", "no tests"))
     if stale:
         failed = True
         print(f"\n{len(stale)} entries of {EQUIVALENTS.name} name no surviving mutant (look at them again):")

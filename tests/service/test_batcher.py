@@ -532,13 +532,15 @@ def test_the_queue_is_purged_of_expired_and_cancelled_inputs_in_order() -> None:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         items = [_Item(i, loop.create_future(), now + (5 if i % 3 else -0.01), now) for i in range(7)]
-        items[1].future.cancel()
-        items[3].future.cancel()  # expired and cancelled: counted once, as expired
+        for cancelled in (1, 3, 4):  # 3 has expired too: counted once, as expired
+            items[cancelled].future.cancel()
         batcher._queue.extend(items)
         batcher._purge()
         kept = [item.payload for item in batcher._queue]
         failed = [type(item.future.exception()) for item in items
                   if item.future.done() and not item.future.cancelled()]
+        batcher._queue[0].future.cancel()  # then only a caller that left: the gauge is updated too
+        batcher._purge()
         depths = list(observer.depths)
         batcher._queue.clear()
         await batcher.stop()
@@ -546,8 +548,8 @@ def test_the_queue_is_purged_of_expired_and_cancelled_inputs_in_order() -> None:
         return kept, failed, observer.dropped_counts, depths
 
     kept, failed, dropped, depths = run(scenario())
-    assert kept == [2, 4, 5] and failed == [DeadlineExceeded, DeadlineExceeded]  # items 0 and 6
-    assert dropped == {"deadline": 3, "cancelled": 1} and depths == [3]
+    assert kept == [2, 5] and failed == [DeadlineExceeded, DeadlineExceeded]  # items 0 and 6
+    assert dropped == {"deadline": 3, "cancelled": 3} and depths == [2, 1]
 
 
 def test_a_full_batch_runs_at_once_even_while_more_inputs_are_announced() -> None:
@@ -634,3 +636,29 @@ def test_config_bounds() -> None:
     for bad in ({"max_batch_size": 0}, {"max_queue": 0}, {"max_delay_s": -0.001}):
         with pytest.raises(ValueError, match="invalid batching config BatchConfig"):
             BatchConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_a_full_queue_is_purged_before_it_refuses() -> None:
+    """Inputs whose callers left still hold places until a purge; a request that fits once they are gone is
+    taken, exactly up to max_queue."""
+    async def scenario() -> list[Any]:
+        model = RecordingModel()
+        batcher, executor, _ = make(model, max_batch_size=1, max_queue=3)
+        model.gate.clear()
+        running = asyncio.ensure_future(batcher.submit([1], later()))
+        await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+        kept = asyncio.ensure_future(batcher.submit([2], later()))  # closed behind the running forward
+        await asyncio.sleep(0.01)
+        leaving = asyncio.ensure_future(batcher.submit([3, 4], later()))  # two places in the queue
+        await asyncio.sleep(0.01)
+        leaving.cancel()
+        await asyncio.gather(leaving, return_exceptions=True)
+        fits = asyncio.ensure_future(batcher.submit([5, 6], later()))  # 1 + 2 = 3 once [3, 4] are purged
+        await asyncio.sleep(0.01)
+        model.gate.set()
+        results = [await running, await kept, await fits]
+        await batcher.stop()
+        executor.shutdown()
+        return results
+
+    assert run(scenario()) == [[10], [20], [50, 60]]

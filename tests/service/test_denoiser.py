@@ -133,7 +133,8 @@ def test_a_full_queue_refuses_at_once(runtime: DiffusionRuntime) -> None:
 
 
 def test_a_failing_step_fails_its_requests_and_the_loop_goes_on(runtime: DiffusionRuntime,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
     real_step = runtime.step
     calls = {"n": 0}
 
@@ -163,6 +164,8 @@ def test_a_failing_step_fails_its_requests_and_the_loop_goes_on(runtime: Diffusi
     assert isinstance(failed, BatchFailed) and isinstance(succeeded, Samples)
     assert str(failed) == "boom" and isinstance(failed.__cause__, ValueError)  # the step's own error, chained
     assert observer.dropped_counts == {}  # a failed request left the batch as failed, not as cancelled
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "model tiny: a denoising step of 1 rows failed: ValueError('boom')"]
     assert isinstance(refused, ModelUnavailable)
 
 
