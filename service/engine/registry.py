@@ -8,7 +8,11 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,7 @@ Scheduler = Batcher | GenerationLoop | DenoisingLoop
 
 
 READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
+LOAD_SWITCH_S = 0.0005  # the interpreter's switch interval while a load runs (Python's default: 0.005)
 UNLOAD_SETTLE_S = 0.5  # an unloading version keeps serving this long: every front-end has seen it go by then
 
 
@@ -101,6 +106,10 @@ class Registry:
         self.dtype = resolve_dtype(settings.dtype, self.device)
         # One inference thread per device: forwards of all models on it run one after another.
         self.executor = WatchedExecutor(watchdog, thread_name_prefix=f"infer-{self.device}")
+        # Loading (read, build, trace, check, warm up) and freeing happen beside serving, on a thread of their own
+        # at the lowest CPU priority: a load never holds up the models that serve (issue 21; figures in README).
+        self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"load-{self.device}",
+                                         initializer=_lowest_priority)
         discover(settings.weights_dir, settings.models)  # SERVE_MODELS must name models that are there
         self.models: dict[str, dict[int, ServedModel]] = {}
         self.scan()
@@ -141,7 +150,24 @@ class Registry:
 
     # -- loading -------------------------------------------------------------------------------
     def _load_one(self, served: ServedModel) -> None:
-        """Runs in the inference thread: build, verify hash, load, move to the device, warm up."""
+        """Runs in the loader thread, beside the inference thread: build, verify hash, load, move to the device,
+        prepare and warm up; on a GPU on a CUDA stream of its own, so that its copies and warm-up kernels do not
+        queue behind (or in front of) the serving models' work on the default stream."""
+        # Tracing and warm-up hold the interpreter lock for long stretches of Python: while a load runs, the lock
+        # changes hands every LOAD_SWITCH_S instead of every 5 ms, so the serving threads wait less for it.
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(LOAD_SWITCH_S)
+        try:
+            if self.device.type == "cuda":
+                with torch.cuda.stream(torch.cuda.Stream(self.device)):
+                    self._build_and_warm(served)
+                torch.cuda.synchronize(self.device)  # every copy and kernel of the load done before it serves
+            else:
+                self._build_and_warm(served)
+        finally:
+            sys.setswitchinterval(switch)
+
+    def _build_and_warm(self, served: ServedModel) -> None:
         phases = time.perf_counter()
 
         def phase_done(phase: str) -> None:
@@ -160,8 +186,6 @@ class Registry:
             runtime.prepare_forward(served.config.max_batch_size)
         phase_done("prepare")
         runtime.warmup(served.config.max_batch_size)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
         phase_done("warmup")
         served.runtime = runtime
         served.device, served.dtype = str(self.device), str(runtime.dtype).removeprefix("torch.")
@@ -185,7 +209,7 @@ class Registry:
         served.state, served.reason, served.error = LOADING, "loading", None
         started = time.perf_counter()
         try:
-            await asyncio.get_running_loop().run_in_executor(self.executor, self._load_one, served)
+            await asyncio.get_running_loop().run_in_executor(self.loader, self._load_one, served)
         except Exception as exc:
             served.error = str(exc)
             served.state, served.reason = UNAVAILABLE, f"failed to load: {exc}"
@@ -263,7 +287,7 @@ class Registry:
         served.scheduler, served.runtime, served.warmed = None, None, False
         served.state = UNAVAILABLE
         self.metrics.loaded.labels(served.name, str(served.version)).set(0)
-        await asyncio.get_running_loop().run_in_executor(self.executor, release_memory, self.device)
+        await asyncio.get_running_loop().run_in_executor(self.loader, release_memory, self.device)
         log.info("model %s v%d %s", served.name, served.version, reason)
 
     # -- polling -------------------------------------------------------------------------------
@@ -314,10 +338,18 @@ class Registry:
             self.metrics.loaded.labels(served.name, str(served.version)).set(0)
         hung = self.executor.watchdog is not None and self.executor.watchdog.tripped is not None
         self.executor.shutdown(wait=not hung, cancel_futures=True)  # a hung thread would never be joined
+        self.loader.shutdown(wait=False, cancel_futures=True)  # a load in progress is abandoned with the engine
+
+
+def _lowest_priority() -> None:
+    """The loader thread's nice value: 19 (Linux sets it per thread). Under load the inference thread and the
+    event loops get the cores first; a load then takes longer, and serving does not wait for it."""
+    with contextlib.suppress(OSError, AttributeError):  # (not Linux: the thread keeps the process's priority)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def release_memory(device: torch.device) -> None:
-    """Runs in the inference thread after a version is dropped: give its memory back."""
+    """Runs in the loader thread after a version is dropped: give its memory back."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -75,6 +75,48 @@ def test_explicit_control_loads_and_unloads_on_request(make_client, digit_png: b
     assert missing.status_code == 404 and missing.json()["type"] == "model_not_found"
 
 
+def test_a_load_does_not_hold_up_the_models_that_serve(make_client, digit_png: bytes,  # type: ignore[no-untyped-def]
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The load of tiny-gpt is held in the middle (its runtime waits to be built) while tiny-cnn serves: every
+    prediction is answered at once, because loading runs on a thread of its own, not the inference thread."""
+    from service.engine import registry
+
+    release, loading_threads = threading.Event(), []
+    build = registry.build_runtime
+
+    def held_build(manifest, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if manifest["name"] == "tiny-gpt":
+            loading_threads.append(threading.current_thread().name)
+            assert release.wait(30), "the test never released the load"
+        return build(manifest, *args, **kwargs)
+
+    monkeypatch.setattr(registry, "build_runtime", held_build)
+    client = make_client(model_control="explicit", models=["tiny-cnn"], admin_keys=["admin-key"])
+    loaded: list[int] = []
+    loader = threading.Thread(target=lambda: loaded.append(
+        client.post("/v2/repository/models/tiny-gpt/load", headers=ADMIN).status_code))
+    loader.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not loading_threads:
+            assert time.monotonic() < deadline, "the load did not start"
+            time.sleep(0.01)
+        while states(client)["tiny-gpt/1"][0] != "LOADING":  # the front-end hears of it within a moment
+            assert time.monotonic() < deadline, states(client)
+            time.sleep(0.01)
+        for _ in range(5):  # while the load is held
+            started = time.monotonic()
+            answer = client.post("/v1/models/tiny-cnn/predict", content=digit_png, headers=PNG)
+            assert answer.status_code == 200 and time.monotonic() - started < 2.0
+        assert loader.is_alive() and not loaded  # still loading
+    finally:
+        release.set()
+        loader.join(30)
+    assert loaded == [200] and loading_threads[0].startswith("load-")
+    generated = client.post("/v1/models/tiny-gpt/generate", json={"prompt": "ab", "max_tokens": 3})
+    assert generated.status_code == 200 and generated.json()["tokens"] == 3
+
+
 def test_a_version_that_fails_to_load_leaves_the_serving_one(make_client, weights_dir: Path,  # type: ignore[no-untyped-def]
                                                              digit_png: bytes) -> None:
     client = make_client(model_control="explicit", models=["tiny-cnn"], admin_keys=["admin-key"],
