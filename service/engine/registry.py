@@ -344,8 +344,10 @@ class Registry:
 def _lowest_priority() -> None:
     """The loader thread's nice value: 19 (Linux sets it per thread). Under load the inference thread and the
     event loops get the cores first; a load then takes longer, and serving does not wait for it."""
-    with contextlib.suppress(OSError, AttributeError):  # (not Linux: the thread keeps the process's priority)
+    try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (OSError, AttributeError) as exc:  # not Linux, or not allowed: loads then compete with serving
+        log.warning("could not lower the loader thread's priority (%s): loads compete with serving for the CPU", exc)
 
 
 def release_memory(device: torch.device) -> None:
