@@ -74,7 +74,7 @@ test-accuracy: setup
 
 # Mutation testing, on demand (not in CI): mutmut mutates the modules listed in pyproject.toml's [tool.mutmut],
 # runs for each mutant the tests that reach it, and tests/mutation_score.py prints each module's score against
-# the bar (at most 15% of the non-equivalent mutants survive). About 20 minutes on 2 cores. MUTATE_JOBS: workers.
+# the bar (at most 15% of the non-equivalent mutants survive). About 30 minutes on 2 cores. MUTATE_JOBS: workers.
 MUTATE_JOBS ?= 2
 mutate: setup
 	rm -rf mutants
