@@ -178,6 +178,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--recovery-timeout", type=float, default=60.0)
     parser.add_argument("--startup-timeout", type=float, default=120.0)
     parser.add_argument("--weights-dir", type=Path, default=REPO_ROOT / "weights")
+    parser.add_argument("--models", default="mnist-cnn", help="what the server serves (comma-separated; "
+                        "'all': every model, so that the others load while mnist-cnn already serves again)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     if min(args.repeats, args.threads) < 1 or min(args.kill_after, args.after, args.poll_ms) <= 0:
@@ -192,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     stamp = f"recovery-{time.strftime('%Y%m%d-%H%M%S')}"
     sample = samples.load(1)[0]
     spec = ServerSpec("ours", [sys.executable, "-m", "service", "--host", HOST, "--port", "{port}", "--weights-dir",
-                               str(args.weights_dir), "--models", "mnist-cnn", "--log-level", "warning"],
+                               str(args.weights_dir), *(["--models", args.models] if args.models != "all" else []),
+                               "--log-level", "warning"],
                       "/v2/health/ready")
     rounds = []
     for repeat in range(args.repeats):
