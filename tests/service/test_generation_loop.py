@@ -354,3 +354,40 @@ def test_unseeded_generations_draw_their_own_seeds(lm: LanguageModelRuntime) -> 
 
     texts = run(lm, scenario, max_active=40, max_queue=40)
     assert len(set(texts)) == 40  # 16 tokens drawn at temperature 1 from 2**62 seeds: no two alike
+
+
+def test_a_dead_device_fails_every_generation_and_the_model(lm: LanguageModelRuntime, caplog: pytest.LogCaptureFixture,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step that finds the device gone (WorkerFatal) ends the loop: the running generations and the ones that
+    were joining fail with the reason, and the model reports not alive."""
+    from service.outcomes import WorkerFatal
+
+    real_prefill, late = lm.prefill_many, lm.encode_prompt("cd")
+
+    def dying(prompts: list[list[int]]) -> Any:  # the device dies in the step that prefills the late joiner
+        if late in prompts:
+            raise WorkerFatal("the device is gone")
+        return real_prefill(prompts)
+
+    monkeypatch.setattr(lm, "prefill_many", dying)
+
+    async def scenario(loop: GenerationLoop) -> tuple[list[list[Any]], bool]:
+        running = loop.submit(ask(lm, "ab", 50)).events()
+        first_events = [await anext(running), await anext(running)]  # it is decoding
+        joining = asyncio.ensure_future(events_of(loop, ask(lm, "cd", 50)))
+        rest: list[Any] = []
+        try:
+            async for event in running:
+                rest.append(event)
+        except Exception as exc:
+            rest.append(exc)
+        return [first_events + rest, await joining], loop.alive
+
+    (first, second), alive = run(lm, scenario)
+    for events in (first, second):
+        assert isinstance(events[-1], ModelUnavailable)
+        assert str(events[-1]) == "decoding failed: the device is gone"
+        assert not any(isinstance(event, Finished) for event in events)
+    assert not alive
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        "model tiny/1: the device can run nothing more: WorkerFatal('the device is gone')"]
