@@ -265,7 +265,7 @@ def live_server(weights_dir: Path) -> Iterator[LiveServer]:
 # With CI=true, a test that skips because a tool or a data set is missing fails instead: CI installs everything
 # the suites need. Only what cannot exist on the CI machine may skip there, and says so with UNAVAILABLE_IN_CI.
 UNAVAILABLE_IN_CI = "cannot exist on this machine: "  # the prefix of a skip reason that CI accepts (a GPU, Docker)
-SKIP_REPORT_ENV = "SERVE_SKIP_REPORT"  # a file each run appends its skips to (.ci/run prints it at the end)
+SKIP_REPORT_ENV = "CI_SKIP_REPORT"  # a file each run appends its skips to (.ci/run prints it at the end)
 
 
 def in_ci() -> bool:
