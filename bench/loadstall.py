@@ -14,17 +14,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 
-from bench import samples
-from bench.servers import REPO_ROOT, free_port
+from bench import samples, servers
+from bench.servers import HOST, REPO_ROOT, ServerSpec
 
 LOADED = ["sst2-minilm", "shakespeare-gpt", "mnist-ddpm"]
 ADMIN = {"authorization": "Bearer bench-admin"}
@@ -75,33 +73,20 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--before", type=float, default=6.0)
     parser.add_argument("--after", type=float, default=2.0)
-    parser.add_argument("--repo", default=str(REPO_ROOT), help="the checkout to run (a baseline's worktree)")
+    parser.add_argument("--repo", type=Path, default=REPO_ROOT, help="the checkout to run (a baseline's worktree)")
     args = parser.parse_args()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_")}
-    env |= {"SERVE_MODEL_CONTROL": "explicit", "SERVE_MODELS": "mnist-cnn", "SERVE_ADMIN_KEYS": "bench-admin",
-            "SERVE_PORT": str(port), "SERVE_LOG_LEVEL": "warning", "SERVE_WEIGHTS_DIR": str(REPO_ROOT / "weights")}
-    server = subprocess.Popen([sys.executable, "-m", "service"], cwd=args.repo, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.2)
-        result = asyncio.run(scenario(base, args.clients, args.before, args.after))
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(60)
-    result["repo"] = args.repo
+    out = REPO_ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = f"loadstall-{time.strftime('%Y%m%d-%H%M%S')}"
+    spec = ServerSpec("ours", [sys.executable, "-m", "service", "--host", HOST, "--port", "{port}", "--weights-dir",
+                               str(REPO_ROOT / "weights"), "--model-control", "explicit", "--models", "mnist-cnn",
+                               "--admin-keys", ADMIN["authorization"].removeprefix("Bearer "),
+                               "--log-level", "warning"], "/v2/health/ready")
+    with servers.started(spec, out / f"{stamp}.log", startup_timeout_s=120, cwd=args.repo) as server:
+        result = asyncio.run(scenario(server.base_url, args.clients, args.before, args.after))
+    result["repo"] = str(args.repo)
     print(json.dumps(result, indent=2))
-    out = REPO_ROOT / "bench" / "results" / f"loadstall-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -130,13 +130,14 @@ class Server:
 
 
 @contextmanager
-def started(spec: ServerSpec, log_path: Path, startup_timeout_s: float) -> Iterator[Server]:
-    """Start ``spec`` in its own process group, yield it once ready; kill the whole group after."""
+def started(spec: ServerSpec, log_path: Path, startup_timeout_s: float, cwd: Path = REPO_ROOT) -> Iterator[Server]:
+    """Start ``spec`` in its own process group (from ``cwd``: another checkout, for a baseline), yield it once
+    ready; kill the whole group after."""
     port = free_port()
     # no SERVE_* from the caller (make exports some): the flags in argv are the exact settings
     env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_")} | {"PYTHONUNBUFFERED": "1"}
     with log_path.open("ab") as log:
-        proc = subprocess.Popen(spec.command(port), cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(spec.command(port), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         base_url = f"http://{HOST}:{port}"
