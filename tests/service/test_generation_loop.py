@@ -20,26 +20,21 @@ from service.runtimes.language_model import Finished, GenerationRequest, Languag
 from tests.conftest import make_lm_artifact
 
 
-@pytest.fixture
-def runtime(tmp_path: Path) -> LanguageModelRuntime:
-    module, manifest = models.load(make_lm_artifact(tmp_path, "tiny-gpt"))
+def language_model(tmp_path: Path, name: str) -> LanguageModelRuntime:
+    module, manifest = models.load(make_lm_artifact(tmp_path, name))
     runtime = LanguageModelRuntime(manifest, DecodeLimits(10_000))
     runtime.attach(module, torch.device("cpu"), torch.float32)
     return runtime
 
 
-def request(runtime: LanguageModelRuntime, tokens: int) -> GenerationRequest:
-    return GenerationRequest(runtime.encode_prompt("ab"), tokens, Sampling(0.0), 1, (), time.monotonic() + 30)
+@pytest.fixture
+def runtime(tmp_path: Path) -> LanguageModelRuntime:
+    return language_model(tmp_path, "tiny-gpt")
 
 
 async def outcome(loop: GenerationLoop, generation_request: GenerationRequest) -> Any:
-    try:
-        async for event in loop.submit(generation_request).events():
-            if isinstance(event, Finished):
-                return event
-    except BatchFailed as exc:
-        return exc
-    return None
+    """How one generation ended: its Finished, or the exception that ended it."""
+    return (await events_of(loop, generation_request))[-1]
 
 
 def test_a_failing_step_fails_only_its_generations(runtime: LanguageModelRuntime,
@@ -58,8 +53,9 @@ def test_a_failing_step_fails_only_its_generations(runtime: LanguageModelRuntime
         with ThreadPoolExecutor(max_workers=1) as executor:
             loop = GenerationLoop("tiny-gpt/1", runtime, executor, max_active=4, max_queue=8)
             loop.start()
-            first = await asyncio.gather(outcome(loop, request(runtime, 5)), outcome(loop, request(runtime, 5)))
-            later = await outcome(loop, request(runtime, 5))
+            five = ask(runtime, "ab", 5, temperature=0.0)
+            first = await asyncio.gather(outcome(loop, five), outcome(loop, five))
+            later = await outcome(loop, five)
             alive = loop.alive
             await loop.stop()
             return list(first), later, alive
@@ -109,10 +105,7 @@ class Recorder:
 
 @pytest.fixture(params=FAMILIES)
 def lm(request: pytest.FixtureRequest, tmp_path: Path) -> LanguageModelRuntime:
-    module, manifest = models.load(make_lm_artifact(tmp_path, request.param))
-    runtime = LanguageModelRuntime(manifest, DecodeLimits(10_000))
-    runtime.attach(module, torch.device("cpu"), torch.float32)
-    return runtime
+    return language_model(tmp_path, request.param)
 
 
 def ask(runtime: LanguageModelRuntime, prompt: str, tokens: int, *, seed: int | None = 1, temperature: float = 1.0,
