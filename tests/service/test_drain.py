@@ -20,6 +20,9 @@ from tests.service.test_processes import Server
 
 pytestmark = pytest.mark.system  # real processes: make test-system
 PNG = {"content-type": "image/png"}
+# Long enough to be running well past the port closing (2 s after SIGTERM) even on a fast machine: tiny-gpt
+# makes 400 tokens for five rows in under 0.5 s here, so a short one can finish before the signal.
+LONG = 6_000
 
 
 @pytest.fixture
@@ -58,8 +61,8 @@ def test_sigterm_finishes_everything_in_flight_and_exits_0(weights: Path, tmp_pa
             server.wait_ready()
             outcomes: list[tuple[int, int | None, str]] = []
             events: list[dict[str, object]] = []
-            work = [threading.Thread(target=generate, args=(server.base, 400, outcomes)) for _ in range(4)]
-            work.append(threading.Thread(target=stream, args=(server.base, 400, events)))
+            work = [threading.Thread(target=generate, args=(server.base, LONG, outcomes)) for _ in range(4)]
+            work.append(threading.Thread(target=stream, args=(server.base, LONG, events)))
             for thread in work:
                 thread.start()
             time.sleep(0.5)  # all five running on the engine
@@ -83,8 +86,8 @@ def test_sigterm_finishes_everything_in_flight_and_exits_0(weights: Path, tmp_pa
             if server.process.poll() is None:
                 server.stop()
     assert in_flight == 5
-    assert sorted(outcome[:2] for outcome in outcomes) == [(200, 400)] * 4  # none lost, none cut short
-    assert events[-1]["finish_reason"] == "length" and events[-1]["tokens"] == 400
+    assert sorted(outcome[:2] for outcome in outcomes) == [(200, LONG)] * 4  # none lost, none cut short
+    assert events[-1]["finish_reason"] == "length" and events[-1]["tokens"] == LONG
     assert exit_code == 0
     print(f"\ndrain: {in_flight} in flight at SIGTERM, {len(outcomes) + 1} completed, 0 lost, exit {exit_code} "
           f"after {took:.1f} s")
