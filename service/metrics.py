@@ -63,6 +63,14 @@ class Metrics:
         self.load_seconds = Gauge("serve_model_load_seconds", "the last load of a version: reading and moving "
                                   "the weights (load), building the prepared forward (prepare), warming up",
                                   ["model", "version", "phase"], registry=r, multiprocess_mode="livemax")
+        self.loads = Counter("serve_model_loads", "loads of a version, by why: start, request (the repository "
+                             "API), poll, on_demand (a request found it unloaded)", ["model", "version", "why"],
+                             registry=r)
+        self.evictions = Counter("serve_model_evictions", "versions unloaded to make room within "
+                                 "SERVE_MEMORY_BUDGET_MB", ["model", "version"], registry=r)
+        self.resident_bytes = Gauge("serve_model_resident_bytes", "the memory a loaded version's weights hold "
+                                    "(0 when not loaded)", ["model", "version"], registry=r,
+                                    multiprocess_mode="livemax")
         self.engine_restarts = Counter("serve_engine_restarts", "engines started by the supervisor after the "
                                        "first (after a crash, a kill, a hang)", registry=r)
         self.time_to_first_token = Histogram("serve_time_to_first_token_seconds", "from a generation's arrival "
@@ -79,6 +87,15 @@ class Metrics:
                                  ["model", "version", "state"], registry=r, multiprocess_mode="livesum")
         self.denoising_steps = Counter("serve_denoising_steps", "denoising steps run (each over every active row; "
                                        "rate() is steps per second)", ["model", "version"], registry=r)
+        # -- the device scheduler (the engine's) --
+        self.device_seconds = Counter("serve_device_seconds", "time the model's work held the device (its share: "
+                                      "rate() over the sum of every model's)", ["model", "version"], registry=r)
+        self.objective = Counter("serve_latency_objective", "requests (a language model: tokens) measured against "
+                                 "the model's latency objective, met or missed", ["model", "version", "outcome"],
+                                 registry=r)
+        self.objective_seconds = Gauge("serve_latency_objective_seconds", "the model's latency objective (a "
+                                       "language model's: per token)", ["model", "version"], registry=r,
+                                       multiprocess_mode="livemax")
         self.resident_memory = Gauge("serve_process_resident_memory_bytes", "resident memory of each process of "
                                      "the server (engine, frontend-N; server: the one-process mode)", ["process"],
                                      registry=r, multiprocess_mode="livesum")
@@ -146,6 +163,9 @@ class SchedulerMetrics:
         self._mixed = metrics.mixed_batches.labels(model, version)
         self._depth = metrics.queue_depth.labels(model, version)
         self._dropped = metrics.dropped
+        self._device_seconds = metrics.device_seconds.labels(model, version)
+        self._met = metrics.objective.labels(model, version, "met")
+        self._missed = metrics.objective.labels(model, version, "missed")
         self._labels = (model, version)
 
     def batch_done(self, size: int, seconds: float, sources: int = 1) -> None:
@@ -156,6 +176,16 @@ class SchedulerMetrics:
 
     def queue_depth(self, depth: int) -> None:
         self._depth.set(depth)
+
+    def device_time(self, seconds: float) -> None:
+        """Called by the device's thread after each of this model's calls."""
+        self._device_seconds.inc(seconds)
+
+    def objective(self, total: int, missed: int) -> None:
+        if missed:
+            self._missed.inc(missed)
+        if total > missed:
+            self._met.inc(total - missed)
 
     def dropped(self, reason: str, count: int) -> None:
         self._dropped.labels(*self._labels, reason).inc(count)

@@ -18,6 +18,10 @@ class ModelUnavailable(Exception):
     """The model cannot run now: not loaded, its scheduler died, or its engine is restarting."""
 
 
+class OverBudget(Exception):
+    """The model needs more memory than the engine's whole budget (SERVE_MEMORY_BUDGET_MB): 507."""
+
+
 class BatchFailed(Exception):
     """The forward (or loop step) this input was in raised; ``__cause__`` holds the original."""
 

@@ -17,6 +17,7 @@ from typing import Any
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="")
 ACCESS: ContextVar[AccessRecord | None] = ContextVar("access", default=None)
 ARRIVAL: ContextVar[float] = ContextVar("arrival", default=0.0)  # time.monotonic() when the request arrived
+PRIORITY: ContextVar[int] = ContextVar("priority", default=0)  # its X-Priority header's level (0: the default)
 KEY_DIGEST: ContextVar[str] = ContextVar("key_digest", default="")  # the request's API key's, with quotas on
 
 # A client's own ID is kept if it is 1-128 of these characters: enough for UUIDs, ULIDs and trace IDs, and

@@ -32,6 +32,14 @@ class ServingConfig:
     max_delay_s: float
     max_queue: int  # inputs waiting (images, for a generator; generations, for a language model)
     timeout_s: float
+    latency_objective_s: float = 0.1
+    priority_levels: int = 3
+    default_priority: int = 2
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.default_priority <= self.priority_levels:
+            raise ValueError(f"default_priority {self.default_priority} is not one of the "
+                             f"{self.priority_levels} priority levels")
 
     @property
     def capacity(self) -> int:
@@ -43,7 +51,9 @@ class ServingConfig:
     @property
     def as_dict(self) -> dict[str, Any]:
         return {"max_batch_size": self.max_batch_size, "max_delay_ms": self.max_delay_s * 1000,
-                "max_queue": self.max_queue, "capacity": self.capacity, "timeout_ms": self.timeout_s * 1000}
+                "max_queue": self.max_queue, "capacity": self.capacity, "timeout_ms": self.timeout_s * 1000,
+                "latency_objective_ms": self.latency_objective_s * 1000, "priority_levels": self.priority_levels,
+                "default_priority": self.default_priority}
 
 
 def serving_config(settings: Settings, name: str, manifest: dict[str, Any]) -> ServingConfig:
@@ -58,8 +68,12 @@ def serving_config(settings: Settings, name: str, manifest: dict[str, Any]) -> S
                 return value
         return getattr(settings, field)
 
+    runtime = runtime_class(manifest)
+    objective_ms = pick("latency_objective_ms") or getattr(runtime, "latency_objective_ms", 100.0)
     return ServingConfig(max_batch_size=int(pick("max_batch_size")), max_delay_s=float(pick("max_delay_ms")) / 1000,
-                         max_queue=int(pick("max_queue")), timeout_s=float(pick("timeout_ms")) / 1000)
+                         max_queue=int(pick("max_queue")), timeout_s=float(pick("timeout_ms")) / 1000,
+                         latency_objective_s=float(objective_ms) / 1000, priority_levels=int(pick("priority_levels")),
+                         default_priority=int(pick("default_priority")))
 
 
 def version_policy(settings: Settings, name: str, manifest: dict[str, Any]) -> VersionPolicy:

@@ -53,6 +53,9 @@ class BatchingOverride(BaseModel):
     max_delay_ms: float | None = Field(default=None, ge=0, le=10_000)
     max_queue: int | None = Field(default=None, ge=1)
     timeout_ms: float | None = Field(default=None, gt=0)
+    latency_objective_ms: float | None = Field(default=None, gt=0)
+    priority_levels: int | None = Field(default=None, ge=1, le=16)
+    default_priority: int | None = Field(default=None, ge=1, le=16)
 
 
 class KeyQuota(BaseModel):
@@ -103,6 +106,12 @@ class Settings(BaseSettings):
     max_delay_ms: float = Field(default=2.0, ge=0, le=10_000)
     max_queue: int = Field(default=512, ge=1, description="inputs waiting per model version")
     timeout_ms: float = Field(default=10_000, gt=0, description="per request, counted from arrival")
+    latency_objective_ms: float | None = Field(default=None, gt=0, description="every model's latency objective "
+                                               "(the device scheduler's deadlines, and the objective metrics); "
+                                               "default: the model's manifest, else its task's")
+    priority_levels: int = Field(default=3, ge=1, le=16, description="request priority levels per model (1 is "
+                                 "the highest)")
+    default_priority: int = Field(default=2, ge=1, le=16, description="the level of a request that names none")
     max_inputs_per_request: int = Field(default=64, ge=1)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_new_tokens: int = Field(default=2048, ge=1, description="the most tokens one generation may ask for")
@@ -111,10 +120,16 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="empty = open")
     admin_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="for the model repository routes (/v2/repository/...); empty = 403")
-    model_control: Literal["none", "explicit", "poll"] = Field(
+    model_control: Literal["none", "explicit", "poll", "on_demand"] = Field(
         default="none", description="none: load every model at start, no load/unload; explicit: load what "
         "SERVE_MODELS names (nothing if empty), then load and unload on request; poll: like none, and rescan "
-        "the weights directory every poll_s seconds for new and removed versions")
+        "the weights directory every poll_s seconds for new and removed versions; on_demand: like explicit, "
+        "and a model is loaded by its first request (which waits for it), within memory_budget_mb")
+    memory_budget_mb: float | None = Field(
+        default=None, gt=0, description="the memory the engine may hold for model weights (on the device where "
+        "it is one): a load that would exceed it first evicts the least recently used idle versions; unset = "
+        "no limit. With a budget, forwards serve eager on the CPU: a traced forward keeps a frozen copy of the "
+        "weights for the life of the process, which no eviction could give back")
     poll_s: float = Field(default=10.0, gt=0, le=86_400)
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["text", "json"] = "text"
@@ -172,6 +187,13 @@ class Settings(BaseSettings):
         unknown = [key for key in self.key_quotas if key != "*" and key not in self.api_keys]
         if unknown:
             raise ValueError(f"key_quotas names {len(unknown)} key(s) that api_keys does not hold")  # not the keys
+        return self
+
+    @model_validator(mode="after")
+    def _default_priority_is_a_level(self) -> Settings:
+        if self.default_priority > self.priority_levels:
+            raise ValueError(f"default_priority {self.default_priority} is not one of the {self.priority_levels} "
+                             "priority_levels")
         return self
 
     @model_validator(mode="after")

@@ -35,6 +35,7 @@ class Submit(msgspec.Struct, tag="submit", array_like=True):
     key: str = ""  # a digest of its API key, when keys have quotas (service/quotas.py)
     arrival: float = 0.0  # time.monotonic() of its arrival at the front-end (0: unknown), for the queue wait
     traceparent: str = ""  # the front-end's span, when tracing is on (service/tracing.py)
+    priority: int = 0  # its priority level (1 the highest; 0 the model's default)
 
 
 class Cancel(msgspec.Struct, tag="cancel", array_like=True):
@@ -95,6 +96,8 @@ class ModelStatus(msgspec.Struct, array_like=True):
     state: str = "READY"  # READY | LOADING | UNLOADING | UNAVAILABLE (the repository index's)
     reason: str = ""
     required: bool = True  # readiness waits for it
+    on_demand: bool = False  # not loaded, and loaded by its first request (SERVE_MODEL_CONTROL=on_demand)
+    resident_bytes: int = 0  # its weights' memory, while loaded
 
 
 class Status(msgspec.Struct, tag="status", array_like=True):

@@ -25,7 +25,7 @@ from concurrent.futures import BrokenExecutor, Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from service.engine.scheduler import Scheduler
+from service.engine.scheduler import Objective, Scheduler, on_device
 from service.outcomes import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull, WorkerFatal
 
 log = logging.getLogger("service.engine.batcher")
@@ -51,9 +51,17 @@ class BatchObserver(Protocol):
     def batch_done(self, size: int, seconds: float, sources: int = 1) -> None: ...
     def queue_depth(self, depth: int) -> None: ...
     def dropped(self, reason: str, count: int) -> None: ...
+    def device_time(self, seconds: float) -> None: ...
+    def objective(self, total: int, missed: int) -> None: ...
 
 
 class _NullObserver:
+    def device_time(self, seconds: float) -> None:
+        pass
+
+    def objective(self, total: int, missed: int) -> None:
+        pass
+
     def batch_done(self, size: int, seconds: float, sources: int = 1) -> None:
         pass
 
@@ -94,6 +102,9 @@ class _Item:
     deadline: float
     enqueued: float
     source: bytes = b""  # the front-end that sent it
+    arrival: float = 0.0  # time.monotonic() when its request reached the server
+    due: float = 0.0  # arrival + the model's latency objective (scaled by its priority)
+    level: int = 1  # its priority level: 1 is taken first
     forward_started: float = 0.0  # time.monotonic() when its forward began
     forward_s: float = 0.0
     forward_batch: int = 0  # inputs in that forward
@@ -122,9 +133,11 @@ class Batcher(Scheduler):
     kind = "batcher"
 
     def __init__(self, name: str, run_batch: Callable[[list[Any]], Sequence[Any]], config: BatchConfig,
-                 executor: Executor, observer: BatchObserver | None = None) -> None:
+                 executor: Executor, observer: BatchObserver | None = None,
+                 objective: Objective | None = None) -> None:
         super().__init__(name)
         self.config = config
+        self.objective = objective or Objective()
         self._run_batch = run_batch
         self._executor = executor
         self._observer = observer or _NullObserver()
@@ -147,8 +160,11 @@ class Batcher(Scheduler):
         return Announcement(self, count)
 
     async def submit(self, payloads: Sequence[Any], deadline: float, announcement: Announcement | None = None,
-                     source: bytes = b"", timing: Timing | None = None) -> list[Any]:
-        """Queue the payloads; return their results in order. ``deadline`` is ``time.monotonic()`` based.
+                     source: bytes = b"", timing: Timing | None = None, arrival: float | None = None,
+                     priority: int = 0) -> list[Any]:
+        """Queue the payloads; return their results in order. ``deadline`` is ``time.monotonic()`` based, as is
+        ``arrival`` (when the request reached the server; default now). A ``priority`` level (1 the highest, 0
+        the model's default) above the default takes them ahead of the queue.
 
         Raises QueueFull at once when they don't fit, DeadlineExceeded when the deadline passes,
         ModelUnavailable when the batcher is dead, BatchFailed when their forward raised.
@@ -164,10 +180,14 @@ class Batcher(Scheduler):
                 raise QueueFull(self._retry_after())
         now = time.monotonic()
         if deadline <= now:
+            self._observer.dropped("deadline", len(payloads))
             raise DeadlineExceeded()
         loop = asyncio.get_running_loop()
-        items = [_Item(payload, loop.create_future(), deadline, now, source) for payload in payloads]
-        self._queue.extend(items)
+        arrival = now if arrival is None else arrival
+        level, due = self.objective.level(priority), self.objective.due(arrival, priority)
+        items = [_Item(payload, loop.create_future(), deadline, now, source, arrival=arrival, due=due, level=level)
+                 for payload in payloads]
+        self._enqueue(items, level)
         if announcement is not None:
             announcement.release()
         self._observer.queue_depth(len(self._queue))
@@ -189,6 +209,18 @@ class Batcher(Scheduler):
             for future in futures:
                 if not future.done():  # cancelled or timed out: mark the rest so the loop skips them
                     future.cancel()
+
+    def _enqueue(self, items: list[_Item], level: int) -> None:
+        """Behind every queued input of the same or a higher level (a lower number), ahead of the rest."""
+        queue = self._queue
+        if not queue or queue[-1].level <= level:
+            queue.extend(items)  # the usual case: one level in the queue
+            return
+        at = len(queue)
+        while at > 0 and queue[at - 1].level > level:
+            at -= 1
+        for offset, item in enumerate(items):
+            queue.insert(at + offset, item)
 
     def _waiting(self) -> int:
         """Inputs not yet forwarded: the queue and the closed batch (cancelled ones until purged)."""
@@ -254,7 +286,6 @@ class Batcher(Scheduler):
                 await self._changed.wait()
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch()
             self._purge_batch(batch)
@@ -262,7 +293,8 @@ class Batcher(Scheduler):
             if not live:
                 continue
             try:
-                forward = loop.run_in_executor(self._executor, self._timed_forward, live)
+                forward = on_device(self._executor, self._timed_forward, live, deadline=min(i.due for i in live),
+                                    model=self.name, account=self._observer.device_time)
             except RuntimeError as exc:  # the executor was shut down: nothing can run any more
                 self._die(f"inference thread is gone: {exc}", live)
                 return
@@ -330,6 +362,8 @@ class Batcher(Scheduler):
         self._batch_seconds_ema = seconds if not self._batch_seconds_ema else (
             0.8 * self._batch_seconds_ema + 0.2 * seconds)
         self._observer.batch_done(len(items), seconds, len({item.source for item in items}))
+        now = time.monotonic()
+        self._observer.objective(len(items), sum(1 for item in items if now - item.arrival > self.objective.seconds))
         for item, result in zip(items, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)

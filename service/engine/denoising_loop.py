@@ -5,7 +5,9 @@ between two denoising steps, advances one DDIM update per step together with eve
 request (each at its own timestep), and leaves as soon as its own schedule ends. Between steps, a
 request whose deadline has passed is dropped with ``DeadlineExceeded`` and one whose client went away
 is dropped silently, so neither holds the device for the rest of its steps. All torch work runs in
-the device's inference thread, one call per step.
+the device's inference thread. A step is handed to the device cut into pieces, one per forward of the runtime's
+``rows_per_forward`` rows (the very forwards an uncut step runs, so no row's arithmetic changes): another model's
+more urgent work runs between two pieces instead of waiting for the whole step.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 
 from service.engine.batcher import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull, is_fatal
-from service.engine.scheduler import Scheduler
+from service.engine.scheduler import Objective, Scheduler, pieces_on_device
 from service.metrics import SchedulerMetrics
 from service.runtimes.image_generator import DiffusionRuntime, SampleRequest, Samples
 
@@ -37,15 +39,28 @@ class _Job:
     position: int = 0  # how many of its updates are done
     x: torch.Tensor | None = None  # [n, 1, 28, 28]: touched only by the inference thread
     arrival: float = 0.0  # time.monotonic() when its request reached the server
+    due: float = 0.0  # arrival + the model's latency objective (scaled by its priority)
+
+
+@dataclass(eq=False)
+class _StepState:
+    """One step over every active row, as its pieces build it in the inference thread."""
+
+    jobs: list[_Job]
+    x: torch.Tensor | None = None  # every row, joined: [R, 1, 28, 28]
+    t: list[int] = field(default_factory=list)
+    t_next: list[int] = field(default_factory=list)
+    done: list[torch.Tensor] = field(default_factory=list)  # the updated rows, piece by piece
 
 
 class DenoisingLoop(Scheduler):
     kind = "denoiser"
 
     def __init__(self, name: str, runtime: DiffusionRuntime, executor: Executor, max_active_rows: int,
-                 max_queue: int, observer: SchedulerMetrics | None = None) -> None:
+                 max_queue: int, observer: SchedulerMetrics | None = None, objective: Objective | None = None) -> None:
         super().__init__(name)
         self.runtime = runtime
+        self.objective = objective or Objective(30.0)
         self.max_active_rows = max_active_rows
         self.max_queue = max_queue  # images waiting
         self._executor = executor
@@ -59,14 +74,17 @@ class DenoisingLoop(Scheduler):
         return sum(job.request.n for job in self._waiting)
 
     # -- the client side -------------------------------------------------------------------------
-    async def submit(self, request: SampleRequest, deadline: float, arrival: float | None = None) -> Samples:
+    async def submit(self, request: SampleRequest, deadline: float, arrival: float | None = None,
+                     priority: int = 0) -> Samples:
         """Sample ``request``; cancelling the awaiting task drops it before its next step. ``arrival``: when its
         request reached the server (``time.monotonic()``)."""
         if not self.alive:
             raise ModelUnavailable(self._dead_reason or "the model is not started")
         if self.depth + request.n > self.max_queue:
             raise QueueFull(retry_after_s=1)
-        job = _Job(request, asyncio.get_running_loop().create_future(), deadline, arrival=arrival or time.monotonic())
+        arrival = arrival or time.monotonic()
+        job = _Job(request, asyncio.get_running_loop().create_future(), deadline, arrival=arrival,
+                   due=self.objective.due(arrival, priority))
         self._waiting.append(job)
         self._wakeup.set()
         try:
@@ -76,7 +94,6 @@ class DenoisingLoop(Scheduler):
 
     # -- the loop --------------------------------------------------------------------------------
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             self._drop_leavers()
             if not self._active and not self._waiting:
@@ -86,8 +103,13 @@ class DenoisingLoop(Scheduler):
             self._admit()
             jobs, rows = list(self._active), sum(job.request.n for job in self._active)
             started = time.perf_counter()
+            state, chunk = _StepState(jobs), self.runtime.rows_per_forward
+            pieces = [(state, low, min(low + chunk, rows)) for low in range(0, rows, chunk)]
+            account = self._observer.device_time if self._observer is not None else None
             try:
-                finished = await loop.run_in_executor(self._executor, self._step, jobs)
+                done = await pieces_on_device(self._executor, self._piece, pieces, deadline=min(j.due for j in jobs),
+                                              model=self.name, account=account)
+                finished = done[-1]
             except Exception as exc:
                 if is_fatal(exc):
                     log.error("model %s: inference thread died: %r", self.name, exc)
@@ -99,10 +121,13 @@ class DenoisingLoop(Scheduler):
             if self._observer is not None:
                 self._observer.batch_done(rows, time.perf_counter() - started)
                 self._observer.denoising_step()
+            now = time.monotonic()
             for job, images in finished:
                 self._active.remove(job)
                 if not job.future.done():
                     job.future.set_result(Samples(job.request.seed, images, [None] * job.request.n))
+                    if self._observer is not None:
+                        self._observer.objective(1, int(now - job.arrival > self.objective.seconds))
             await asyncio.sleep(0)  # let new requests and cancellations in between steps
 
     def _admit(self) -> None:
@@ -128,24 +153,33 @@ class DenoisingLoop(Scheduler):
                 if self._observer is not None:
                     self._observer.dropped(reason, job.request.n)
 
-    def _step(self, jobs: list[_Job]) -> list[tuple[_Job, np.ndarray]]:
-        """Worker thread: start the joiners, then one update of every row; returns the jobs now done."""
+    def _piece(self, state: _StepState, low: int, high: int) -> list[tuple[_Job, np.ndarray]]:
+        """Inference thread: rows ``low:high`` of a step (the first piece starts the joiners and joins the rows;
+        the last one hands each job its rows); returns the jobs now done (the last piece; else nothing)."""
+        if low == 0:
+            self._begin(state)
+        assert state.x is not None and sum(len(rows) for rows in state.done) == low, "a step's pieces out of order"
+        state.done.append(self.runtime.step(state.x[low:high], state.t[low:high], state.t_next[low:high]))
+        return self._end(state) if high == len(state.x) else []
+
+    def _begin(self, state: _StepState) -> None:
         runtime = self.runtime
-        for job in jobs:
+        for job in state.jobs:
             if job.x is None:
                 job.x, job.schedule = runtime.noise(job.request), runtime.schedule(job.request)
-        t, t_next = [], []
-        for job in jobs:
             schedule = job.schedule
             now, then = schedule[job.position], schedule[job.position + 1] if job.position + 1 < len(schedule) else -1
-            t += [now] * job.request.n
-            t_next += [then] * job.request.n
-        x = runtime.step(torch.cat([job.x for job in jobs if job.x is not None]), t, t_next)
+            state.t += [now] * job.request.n
+            state.t_next += [then] * job.request.n
+        state.x = torch.cat([job.x for job in state.jobs if job.x is not None])
+
+    def _end(self, state: _StepState) -> list[tuple[_Job, np.ndarray]]:
         finished = []
-        for job, rows in zip(jobs, x.split([job.request.n for job in jobs]), strict=True):
+        x = torch.cat(state.done)
+        for job, rows in zip(state.jobs, x.split([job.request.n for job in state.jobs]), strict=True):
             job.x, job.position = rows, job.position + 1
             if job.position == len(job.schedule):
-                finished.append((job, runtime.pixels(rows)))
+                finished.append((job, self.runtime.pixels(rows)))
         return finished
 
     def _fail(self, jobs: list[_Job], exc: BaseException) -> None:

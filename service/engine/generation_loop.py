@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from service.engine.batcher import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull, is_fatal
-from service.engine.scheduler import Scheduler
+from service.engine.scheduler import Objective, Scheduler, on_device
 from service.metrics import SchedulerMetrics
 from service.runtimes.language_model import Event, Finished, GenerationRequest, LanguageModelRuntime, Piece, sample
 
@@ -41,6 +41,8 @@ class _Sequence:
     done: bool = False
     enqueued: float = field(default_factory=time.monotonic)  # its request's arrival at the server, if known
     first_token_at: float = 0.0
+    last_token_at: float = 0.0  # (or its arrival): a token later than the objective after it misses it
+    urgency: float = 1.0  # its level over the default: its steps are due in the objective times this
 
 
 @dataclass(eq=False)
@@ -82,9 +84,10 @@ class GenerationLoop(Scheduler):
     kind = "decoder"
 
     def __init__(self, name: str, runtime: LanguageModelRuntime, executor: Executor, max_active: int,
-                 max_queue: int, observer: SchedulerMetrics | None = None) -> None:
+                 max_queue: int, observer: SchedulerMetrics | None = None, objective: Objective | None = None) -> None:
         super().__init__(name)
         self.runtime = runtime
+        self.objective = objective or Objective()
         self.max_active = max_active
         self.max_queue = max_queue
         self._executor = executor
@@ -102,8 +105,9 @@ class GenerationLoop(Scheduler):
         self._wakeup.set()
 
     # -- the client side -------------------------------------------------------------------------
-    def submit(self, request: GenerationRequest, arrival: float | None = None) -> Generation:
-        """Queue a generation; ``arrival`` (``time.monotonic()``) is when its request reached the server."""
+    def submit(self, request: GenerationRequest, arrival: float | None = None, priority: int = 0) -> Generation:
+        """Queue a generation; ``arrival`` (``time.monotonic()``) is when its request reached the server; a
+        ``priority`` level above the default (1 the highest, 0 the default) makes its steps due sooner."""
         if not self.alive:
             raise ModelUnavailable(self._dead_reason or "the model is not started")
         if len(self._waiting) >= self.max_queue:
@@ -111,8 +115,10 @@ class GenerationLoop(Scheduler):
         generator = torch.Generator()
         generator.manual_seed(request.seed if request.seed is not None else int(torch.randint(0, 2**62, ()).item()))
         # One event per token plus the end: a bounded queue that can never block the loop.
+        arrival = arrival or time.monotonic()
         sequence = _Sequence(request, asyncio.Queue(maxsize=request.max_tokens + 2), generator,
-                             list(request.prompt_ids), enqueued=arrival or time.monotonic())
+                             list(request.prompt_ids), enqueued=arrival, last_token_at=arrival,
+                             urgency=self.objective.level(priority) / self.objective.default)
         self._waiting.append(sequence)
         self.wake()
         return Generation(sequence, self)
@@ -122,7 +128,6 @@ class GenerationLoop(Scheduler):
         """Step after step. The next step starts in the worker as soon as the last one's tokens are known,
         and the loop turns those tokens into text and events while it runs: a generation that hits a stop
         string runs one step more than it needs (its token is dropped), and none waits for the hand-offs."""
-        loop = asyncio.get_running_loop()
         step: _Step | None = None
         while True:
             if step is None:
@@ -131,7 +136,7 @@ class GenerationLoop(Scheduler):
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
-                step = self._launch(loop)
+                step = self._launch()
             try:
                 tokens = await step.future
             except Exception as exc:
@@ -148,16 +153,17 @@ class GenerationLoop(Scheduler):
                     self._observer.batch_done(len(self._active), time.perf_counter() - step.started)
                 self._observer.generation_step(len(self._active), len(self._waiting),
                                                sum(len(s.request.prompt_ids) for s in step.joining))
+            self._count_objective()
             for sequence, token in zip(self._active, tokens, strict=True):
                 self._feed(sequence, token)
             self._expire_waiting()
             running = any(not self._finished(s) for s in self._active)
-            step = self._launch(loop) if running or self._waiting else None
+            step = self._launch() if running or self._waiting else None
             for sequence, token in zip(self._active, tokens, strict=True):  # while the next step runs
                 self._emit(sequence, token)
             await asyncio.sleep(0)  # let consumers and new requests run between steps
 
-    def _launch(self, loop: asyncio.AbstractEventLoop) -> _Step:
+    def _launch(self) -> _Step:
         """Start the next step in the worker: the running rows that go on, and waiting ones that join."""
         keep = [i for i, s in enumerate(self._active) if not self._finished(s)]
         joining: list[_Sequence] = []
@@ -174,8 +180,23 @@ class GenerationLoop(Scheduler):
         # the step runs, and the worker must not read it then.
         staying = [self._active[i] for i in keep]
         all_stay = len(keep) == len(self._active)
-        future = loop.run_in_executor(self._executor, self._iterate, keep, staying, all_stay, joining)
+        # Due when the most urgent row's next token is: its last one + the objective (scaled by its priority).
+        due = min((s.last_token_at + self.objective.seconds * s.urgency for s in [*staying, *joining]),
+                  default=time.monotonic())  # (every row left and no joiner: a step that only drops rows)
+        account = self._observer.device_time if self._observer is not None else None
+        future = on_device(self._executor, self._iterate, keep, staying, all_stay, joining, deadline=due,
+                           model=self.name, account=account)
         return _Step(future, keep, joining, time.perf_counter())
+
+    def _count_objective(self) -> None:
+        """After a step: each row's token against the objective (from the row's last token, or its arrival)."""
+        now, missed = time.monotonic(), 0
+        rows = [s for s in self._active if not s.done and not s.cancelled]
+        for sequence in rows:
+            missed += now - sequence.last_token_at > self.objective.seconds
+            sequence.last_token_at = now
+        if self._observer is not None and rows:
+            self._observer.objective(len(rows), missed)
 
     @staticmethod
     def _finished(sequence: _Sequence) -> bool:

@@ -24,9 +24,12 @@ from models.artifact import read_manifest
 from models.device import resolve_device
 from service.engine.batcher import BatchConfig, Batcher
 from service.engine.denoising_loop import DenoisingLoop
+from service.engine.device import Device
 from service.engine.generation_loop import GenerationLoop
-from service.engine.watchdog import Watchdog, WatchedExecutor
+from service.engine.scheduler import Objective
+from service.engine.watchdog import Watchdog
 from service.metrics import Metrics
+from service.outcomes import ModelUnavailable, OverBudget
 from service.runtimes import resolve_dtype
 from service.serving import ServingConfig, build_runtime, discover, serving_config, version_policy
 from service.settings import Settings
@@ -39,6 +42,7 @@ Scheduler = Batcher | GenerationLoop | DenoisingLoop
 
 READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
 LOAD_SWITCH_S = 0.0005  # the interpreter's switch interval while a load runs (Python's default: 0.005)
+MB = 1024 * 1024
 UNLOAD_SETTLE_S = 0.5  # an unloading version keeps serving this long: every front-end has seen it go by then
 
 
@@ -71,6 +75,9 @@ class ServedModel:
     reason: str = "not loaded"
     required: bool = False  # readiness waits for it: loaded at start or on request, and not unloaded since
     in_flight: int = 0  # requests the engine is running on it
+    on_demand: bool = False  # SERVE_MODEL_CONTROL=on_demand: a request that finds it unloaded loads it
+    resident_bytes: int = 0  # its weights' memory, measured once loaded
+    last_used: float = 0.0  # time.monotonic() of its last request: the least recently used is evicted first
 
     @property
     def task(self) -> str:
@@ -104,8 +111,8 @@ class Registry:
         self.metrics = metrics
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
-        # One inference thread per device: forwards of all models on it run one after another.
-        self.executor = WatchedExecutor(watchdog, thread_name_prefix=f"infer-{self.device}")
+        # One inference thread per device, and one scheduler that decides what it runs next (service/engine/device.py).
+        self.executor = Device(str(self.device), watchdog)
         # Loading (read, build, trace, check, warm up) and freeing happen beside serving, on a thread of their own
         # at the lowest CPU priority: a load never holds up the models that serve (issue 21; figures in README).
         self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"load-{self.device}",
@@ -115,6 +122,9 @@ class Registry:
         self.scan()
         self.loading_done = False
         self._control = asyncio.Lock()
+        self._on_demand_loads: dict[tuple[str, int], asyncio.Task[None]] = {}
+        mb = settings.memory_budget_mb
+        self.budget_bytes = None if mb is None else int(mb * MB)
 
     def get(self, name: str, version: int) -> ServedModel | None:
         return self.models.get(name, {}).get(version)
@@ -146,7 +156,13 @@ class Registry:
     def initial_names(self) -> list[str]:
         if self.settings.models:
             return [name for name in self.settings.models if name in self.models]
-        return [] if self.settings.model_control == "explicit" else sorted(self.models)
+        return [] if self.settings.model_control in ("explicit", "on_demand") else sorted(self.models)
+
+    @property
+    def prepares(self) -> bool:
+        """Whether loads build prepared forwards: not under a memory budget on the CPU, where a traced forward's
+        frozen copy of the weights lives as long as the process (pytorch/pytorch#35600) and no eviction frees it."""
+        return self.settings.prepare and not (self.budget_bytes is not None and self.device.type == "cpu")
 
     # -- loading -------------------------------------------------------------------------------
     def _load_one(self, served: ServedModel) -> None:
@@ -182,30 +198,42 @@ class Registry:
         runtime = build_runtime(manifest, served.path, self.settings)
         runtime.attach(module, self.device, self.dtype)
         phase_done("load")
-        if self.settings.prepare:
+        if self.prepares:
             runtime.prepare_forward(served.config.max_batch_size)
         phase_done("prepare")
         runtime.warmup(served.config.max_batch_size)
         phase_done("warmup")
         served.runtime = runtime
         served.device, served.dtype = str(self.device), str(runtime.dtype).removeprefix("torch.")
+        served.resident_bytes = tensor_bytes(runtime.module)
 
     def _scheduler(self, served: ServedModel) -> Scheduler:
         config, runtime = served.config, served.runtime
         assert config is not None
         observer = self.metrics.observer(served.name, served.version)
         label = f"{served.name}/{served.version}"
+        objective = Objective(config.latency_objective_s, config.priority_levels, config.default_priority)
+        self.metrics.objective_seconds.labels(served.name, str(served.version)).set(objective.seconds)
         if runtime.scheduler == "generation":
-            return GenerationLoop(label, runtime, self.executor, config.max_batch_size, config.capacity, observer)
+            return GenerationLoop(label, runtime, self.executor, config.max_batch_size, config.capacity, observer,
+                                  objective)
         if runtime.scheduler == "denoising":
             # max_batch_size rows per forward; up to two forwards' worth (or one n=64 request) per step
             return DenoisingLoop(label, runtime, self.executor, max(2 * config.max_batch_size, 64), config.capacity,
-                                 observer)
+                                 observer, objective)
         batching = BatchConfig(config.max_batch_size, config.max_delay_s, config.capacity)
-        return Batcher(label, runtime.forward, batching, self.executor, observer)
+        return Batcher(label, runtime.forward, batching, self.executor, observer, objective)
 
-    async def _load_version(self, served: ServedModel) -> bool:
-        """Load, warm and start one version; a failure marks that version (UNAVAILABLE, with why), nothing else."""
+    async def _load_version(self, served: ServedModel, why: str) -> bool:
+        """Load, warm and start one version; a failure marks that version (UNAVAILABLE, with why), nothing else.
+        ``why``: start, request (the repository API), poll or on_demand."""
+        try:
+            await self._make_room(served)
+        except (OverBudget, ModelUnavailable) as exc:
+            served.state, served.reason = UNAVAILABLE, str(exc)
+            log.error("model %s v%d cannot load: %s", served.name, served.version, exc)
+            return False
+        self.metrics.loads.labels(served.name, str(served.version), why).inc()
         served.state, served.reason, served.error = LOADING, "loading", None
         started = time.perf_counter()
         try:
@@ -221,6 +249,7 @@ class Registry:
         served.loaded_at = time.time()
         served.state, served.reason = READY, ""
         self.metrics.loaded.labels(served.name, str(served.version)).set(1)
+        self.metrics.resident_bytes.labels(served.name, str(served.version)).set(served.resident_bytes)
         log.info("model %s v%d ready on %s (%s) in %.2f s", served.name, served.version,
                  served.device, served.dtype, time.perf_counter() - started)
         return True
@@ -233,10 +262,14 @@ class Registry:
             for served in chosen:  # all of them count for readiness from the start, failed ones too
                 served.required, served.state, served.reason = True, LOADING, "waiting to load"
             for served in chosen:
-                await self._load_version(served)
+                await self._load_version(served, "start")
+            if self.settings.model_control == "on_demand":
+                for name in self.models:
+                    for version in self.wanted_versions(name):
+                        self.models[name][version].on_demand = True
             self.loading_done = True
 
-    async def load_model(self, name: str) -> None:
+    async def load_model(self, name: str, why: str = "request") -> None:
         """Load the versions of ``name`` its policy serves (new folders included), then, once one of them is
         ready, unload the others. A version that fails leaves the serving ones untouched, says why in the index,
         and makes this raise LoadFailed."""
@@ -248,7 +281,7 @@ class Registry:
             failures = []
             for version in wanted:
                 served = self.models[name][version]
-                if not (served.state == READY and served.ready) and not await self._load_version(served):
+                if not (served.state == READY and served.ready) and not await self._load_version(served, why):
                     failures.append(f"v{version}: {served.reason}")
                     served.required = False
                     continue
@@ -262,6 +295,61 @@ class Registry:
             if failures:
                 raise LoadFailed(f"model {name!r}: " + "; ".join(failures))
 
+    # -- on demand, within the memory budget ------------------------------------------------------
+    async def ensure_loaded(self, served: ServedModel) -> None:
+        """A request found ``served`` unloaded (SERVE_MODEL_CONTROL=on_demand): load it, once for every request
+        that waits for it. Raises OverBudget (it can never fit), ModelUnavailable (it failed to load, or the
+        budget is held by versions with requests in flight). Cancelling the caller (its deadline) leaves the
+        load running for the others."""
+        key = (served.name, served.version)
+        task = self._on_demand_loads.get(key)
+        if task is None or task.done():
+            task = self._on_demand_loads[key] = asyncio.create_task(self._load_on_demand(served),
+                                                                    name=f"on-demand:{served.name}/{served.version}")
+        await asyncio.shield(task)
+
+    async def _load_on_demand(self, served: ServedModel) -> None:
+        async with self._control:
+            if served.ready:
+                return
+            await self._make_room(served)  # raises what the request is to be answered (its load says it again)
+            if not await self._load_version(served, "on_demand"):
+                raise ModelUnavailable(f"{served.name} v{served.version} failed to load on demand: {served.reason}")
+            served.required = False  # readiness does not wait for it, and it may be evicted again
+
+    def estimated_bytes(self, served: ServedModel) -> int:
+        """What a version will hold once loaded, before it is: its weights file (an upper bound: the device's
+        dtype is as wide or narrower), or what it measured when last loaded."""
+        if served.resident_bytes:
+            return served.resident_bytes
+        files = list(served.path.glob("*.safetensors"))
+        return sum(file.stat().st_size for file in files)
+
+    def resident_bytes(self) -> int:
+        return sum(served.resident_bytes for served in self.all() if served.scheduler is not None)
+
+    async def _make_room(self, served: ServedModel) -> None:
+        """Within the budget: evict the least recently used idle versions until ``served`` fits. A version with
+        requests in flight or queued is never evicted."""
+        budget = self.budget_bytes
+        if budget is None:
+            return
+        need = self.estimated_bytes(served)
+        if need > budget:
+            raise OverBudget(f"model {served.name} v{served.version} needs about {need / MB:.1f} MB, more than the "
+                             f"engine's whole memory budget of {budget / MB:.1f} MB (SERVE_MEMORY_BUDGET_MB)")
+        while self.resident_bytes() + need > budget:
+            idle = [other for other in self.all() if other is not served and other.state == READY
+                    and other.scheduler is not None and other.in_flight == 0 and other.scheduler.depth == 0]
+            if not idle:
+                raise ModelUnavailable(f"the memory budget of {budget / MB:.1f} MB is held by models serving "
+                                       f"requests; {served.name} v{served.version} needs {need / MB:.1f} MB")
+            victim = min(idle, key=lambda other: other.last_used)
+            await self._unload_version(victim, f"evicted (least recently used) for {served.name} v{served.version}",
+                                       settle=False)
+            victim.on_demand = self.settings.model_control == "on_demand"
+            self.metrics.evictions.labels(victim.name, str(victim.version)).inc()
+
     # -- unloading -----------------------------------------------------------------------------
     async def unload_model(self, name: str, version: int | None = None) -> None:
         async with self._control:
@@ -270,16 +358,18 @@ class Registry:
             for served in [self.models[name][version]] if version is not None else list(self.models[name].values()):
                 await self._unload_version(served, "unloaded on request")
 
-    async def _unload_version(self, served: ServedModel, reason: str) -> None:
+    async def _unload_version(self, served: ServedModel, reason: str, settle: bool = True) -> None:
         """Stop serving one version without failing what reached it: the front-ends move away (UNLOADING), its
-        requests finish, then its scheduler stops and its module is freed."""
+        requests finish, then its scheduler stops and its module is freed. ``settle=False`` (an eviction): no
+        wait for the front-ends, which send an evicted version's requests on, to load it again."""
         served.required = False
         if served.scheduler is None:
             if served.state != LOADING:
                 served.state, served.reason = UNAVAILABLE, reason
             return
         served.state, served.reason = UNLOADING, reason
-        await asyncio.sleep(UNLOAD_SETTLE_S)
+        if settle:
+            await asyncio.sleep(UNLOAD_SETTLE_S)
         give_up = time.monotonic() + (served.config.timeout_s if served.config else 60.0)
         while served.in_flight and time.monotonic() < give_up:  # noqa: ASYNC110 (counted by the engine server)
             await asyncio.sleep(0.02)
@@ -287,6 +377,7 @@ class Registry:
         served.scheduler, served.runtime, served.warmed = None, None, False
         served.state = UNAVAILABLE
         self.metrics.loaded.labels(served.name, str(served.version)).set(0)
+        self.metrics.resident_bytes.labels(served.name, str(served.version)).set(0)
         await asyncio.get_running_loop().run_in_executor(self.loader, release_memory, self.device)
         log.info("model %s v%d %s", served.name, served.version, reason)
 
@@ -316,7 +407,7 @@ class Registry:
             if any(version not in loaded and versions[version].error is None for version in wanted) or (
                     loaded - set(wanted)):
                 with contextlib.suppress(LoadFailed):
-                    await self.load_model(name)  # a failure is in the index; the serving versions stay
+                    await self.load_model(name, "poll")  # a failure is in the index; the serving versions stay
 
     def record_device_memory(self) -> None:
         """GPU memory of this engine's device into its gauges (nothing to say on a CPU)."""
@@ -348,6 +439,16 @@ def _lowest_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     except (OSError, AttributeError) as exc:  # not Linux, or not allowed: loads then compete with serving
         log.warning("could not lower the loader thread's priority (%s): loads compete with serving for the CPU", exc)
+
+
+def tensor_bytes(module: Any) -> int:
+    """The bytes of a module's parameters and buffers, each storage once (tied weights share one)."""
+    storages: dict[int, int] = {}
+    if isinstance(module, torch.nn.Module):
+        for tensor in [*module.parameters(), *module.buffers()]:
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
 
 
 def release_memory(device: torch.device) -> None:

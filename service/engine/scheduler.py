@@ -6,11 +6,64 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
+from service.engine.device import Device
 from service.outcomes import ModelUnavailable
 
 log = logging.getLogger("service.engine.scheduler")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A model's latency objective: how long its requests may take (a batcher's and a denoiser's, from arrival
+    to result; a language model's, per token), and its priority levels (1 the highest; ``default`` for requests
+    that name none). A request's work is due by its arrival + the objective scaled by its level over the
+    default: at level 1 of default 2, in half the time, so the device takes it ahead of others."""
+
+    seconds: float = 0.1
+    levels: int = 1
+    default: int = 1
+
+    def __post_init__(self) -> None:
+        if self.seconds <= 0 or not 1 <= self.default <= self.levels:
+            raise ValueError(f"invalid latency objective {self}")
+
+    def level(self, priority: int) -> int:
+        """A request's priority (0: the default) as a level within the model's."""
+        return self.default if priority <= 0 else min(priority, self.levels)
+
+    def due(self, arrival: float, priority: int = 0) -> float:
+        return arrival + self.seconds * self.level(priority) / self.default
+
+
+def on_device(executor: Executor, fn: Callable[..., Any], *args: Any, deadline: float, model: str,
+              account: Callable[[float], None] | None = None) -> asyncio.Future[Any]:
+    """Run ``fn(*args)`` on the device, due by ``deadline``: through the device scheduler, which weighs it against
+    every other model's work; on a plain executor (a unit test's) in its order."""
+    if isinstance(executor, Device):
+        return executor.run(fn, *args, deadline=deadline, model=model, account=account)
+    return asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+
+async def pieces_on_device(executor: Executor, fn: Callable[..., Any], pieces: list[tuple[Any, ...]], *,
+                           deadline: float, model: str, account: Callable[[float], None] | None = None) -> list[Any]:
+    """Run ``fn(*args)`` for each of ``pieces`` in order, their results in order; the first exception raised
+    (after every piece ran: a piece after a failed one must see the failure and do nothing)."""
+    if isinstance(executor, Device):
+        futures = [asyncio.wrap_future(future) for future in executor.submit_pieces(
+            fn, pieces, deadline=deadline, model=model, account=account)]
+    else:
+        loop = asyncio.get_running_loop()
+        futures = [loop.run_in_executor(executor, fn, *args) for args in pieces]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 class Scheduler:

@@ -23,7 +23,7 @@ from service.engine.batcher import BatchFailed, DeadlineExceeded, ModelUnavailab
 from service.engine.denoising_loop import DenoisingLoop
 from service.engine.generation_loop import GenerationLoop
 from service.engine.registry import LoadFailed, ModelNotFound, Registry, ServedModel
-from service.outcomes import QuotaExceeded
+from service.outcomes import OverBudget, QuotaExceeded
 from service.quotas import Quotas
 from service.request_context import REQUEST_ID
 from service.runtimes.language_model import Piece as TextPiece
@@ -137,7 +137,8 @@ class EngineServer:
             served.ready, served.status, served.device, served.dtype, served.loaded_at,
             served.scheduler.depth if served.scheduler is not None else 0,
             served.runtime.forward_kind if served.runtime is not None else "eager",
-            served.state, served.reason, served.required) for served in self.registry.all()}
+            served.state, served.reason, served.required, served.on_demand and not served.ready and not served.error,
+            served.resident_bytes if served.scheduler is not None else 0) for served in self.registry.all()}
         now = time.monotonic()
         for identity in [i for i, heard in self._heard_from.items() if now - heard > 60]:
             del self._heard_from[identity]  # a front-end gone for good (restarted under a new identity)
@@ -184,6 +185,15 @@ class EngineServer:
             self._in_flight(served).inc()
         try:
             counted = self.quotas.enabled and self.quotas.acquire(submit.key)
+            if served is not None:
+                served.last_used = time.monotonic()
+                if not served.ready and served.on_demand:  # its first request: load it, within the deadline
+                    try:
+                        async with asyncio.timeout(max(0.0, submit.deadline - time.monotonic())):
+                            await self.registry.ensure_loaded(served)
+                    except TimeoutError:
+                        raise DeadlineExceeded(f"{submit.model} v{submit.version} was still loading at the "
+                                               "request's deadline") from None
             if served is None or not served.ready or served.scheduler is None:
                 status = served.status if served is not None else "not served by this engine"
                 raise ModelUnavailable(f"{submit.model} v{submit.version} is {status}")
@@ -191,13 +201,15 @@ class EngineServer:
             scheduler = served.scheduler
             arrival = submit.arrival or time.monotonic()
             if isinstance(scheduler, GenerationLoop):
-                await self._generate(identity, submit.id, scheduler, payloads[0], arrival)
+                await self._generate(identity, submit.id, scheduler, payloads[0], arrival, submit.priority)
                 return "generated"
             if isinstance(scheduler, DenoisingLoop):
                 with tracing.span("sample", **{"serve.images": payloads[0].n}):
-                    results: list[Any] = [await scheduler.submit(payloads[0], submit.deadline, arrival)]
+                    results: list[Any] = [await scheduler.submit(payloads[0], submit.deadline, arrival,
+                                                                 submit.priority)]
             else:
-                results = await scheduler.submit(payloads, submit.deadline, source=identity, timing=timing)
+                results = await scheduler.submit(payloads, submit.deadline, source=identity, timing=timing,
+                                                 arrival=arrival, priority=submit.priority)
                 self._queue_wait(served).observe(max(0.0, timing.forward_started - arrival))
                 tracing.timed_child("queue", arrival, timing.forward_started)
                 tracing.timed_child("forward", timing.forward_started, timing.forward_started + timing.forward_s,
@@ -266,8 +278,8 @@ class EngineServer:
         return child
 
     async def _generate(self, identity: bytes, request_id: int, loop: GenerationLoop, request: Any,
-                        arrival: float) -> None:
-        generation = loop.submit(request, arrival)
+                        arrival: float, priority: int) -> None:
+        generation = loop.submit(request, arrival, priority)
         with tracing.span("generate", **{"serve.max_tokens": request.max_tokens}) as span:
             async for event in generation.events():
                 if isinstance(event, TextPiece):
@@ -299,5 +311,7 @@ def failure(request_id: int, exc: BaseException) -> Failure:
         return Failure(request_id, "failed", str(exc))
     if isinstance(exc, QuotaExceeded):
         return Failure(request_id, "quota", str(exc), exc.retry_after_s)
+    if isinstance(exc, OverBudget):
+        return Failure(request_id, "over_budget", str(exc))
     log.error("request %d failed in the engine: %r", request_id, exc, exc_info=exc)
     return Failure(request_id, "failed", repr(exc))

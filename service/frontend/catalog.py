@@ -48,6 +48,12 @@ class ServedModel:
         return self.runtime is not None and status is not None and status.ready
 
     @property
+    def takes_requests(self) -> bool:
+        """Ready, or not loaded and loaded by its first request (SERVE_MODEL_CONTROL=on_demand)."""
+        status = self.engine_status
+        return self.runtime is not None and status is not None and (status.ready or status.on_demand)
+
+    @property
     def status(self) -> str:
         if self.error:
             return f"failed: {self.error}"
@@ -79,7 +85,7 @@ class ServedModel:
     def served(self) -> bool:
         """Loaded, loading or required: requests for it are routed to it (and answered 503 while not ready);
         a version that is neither (unloaded, never loaded) is not found."""
-        return self.required or self.state != "UNAVAILABLE"
+        return self.required or self.state != "UNAVAILABLE" or bool(self._reported("on_demand", False))
 
     @property
     def device(self) -> str:

@@ -29,6 +29,7 @@ from service.outcomes import (
     ControlFailed,
     DeadlineExceeded,
     ModelUnavailable,
+    OverBudget,
     QueueFull,
     QuotaExceeded,
 )
@@ -67,6 +68,8 @@ def failure_exception(message: Failure) -> Exception:
         return ControlFailed(message.kind, message.message)
     if message.kind == "quota":
         return QuotaExceeded(message.message, max(1, message.retry_after_s))
+    if message.kind == "over_budget":
+        return OverBudget(message.message)
     return BatchFailed(message.message)
 
 
@@ -169,7 +172,8 @@ class EngineClient:
         return self.status.models.get(f"{name}/{version}")
 
     # -- requests ---------------------------------------------------------------------------------
-    def _submit(self, model: str, version: int, deadline: float, payload: msgspec.Raw, inputs: int) -> int:
+    def _submit(self, model: str, version: int, deadline: float, payload: msgspec.Raw, inputs: int,
+                priority: int = 0) -> int:
         if self.refusing:
             raise ModelUnavailable(self.refusing)
         if not self.up:
@@ -177,15 +181,15 @@ class EngineClient:
         note_model(model, version, inputs)
         request_id = next(self._ids)
         message = Submit(request_id, model, version, deadline, payload, REQUEST_ID.get(), KEY_DIGEST.get(),
-                         ARRIVAL.get(), tracing.traceparent())
+                         ARRIVAL.get(), tracing.traceparent(), priority)
         self._send(message, request_id)
         return request_id
 
     async def call(self, model: str, version: int, deadline: float, payload: msgspec.Raw,
-                   inputs: int = 1) -> msgspec.Raw:
-        """Run ``payload`` (``inputs`` inputs) on the model; the engine's results (still encoded). Cancelling
-        drops it there."""
-        request_id = self._submit(model, version, deadline, payload, inputs)
+                   inputs: int = 1, priority: int = 0) -> msgspec.Raw:
+        """Run ``payload`` (``inputs`` inputs) on the model at ``priority``; the engine's results (still encoded).
+        Cancelling drops it there."""
+        request_id = self._submit(model, version, deadline, payload, inputs, priority)
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
@@ -209,9 +213,10 @@ class EngineClient:
         finally:
             self._pending.pop(request_id, None)
 
-    def stream(self, model: str, version: int, deadline: float, payload: msgspec.Raw, size: int) -> EngineStream:
+    def stream(self, model: str, version: int, deadline: float, payload: msgspec.Raw, size: int,
+               priority: int = 0) -> EngineStream:
         """Start a generation of at most ``size`` events."""
-        request_id = self._submit(model, version, deadline, payload, 1)
+        request_id = self._submit(model, version, deadline, payload, 1, priority)
         stream = EngineStream(self, request_id, size + 2)
         self._pending[request_id] = stream
         return stream

@@ -13,8 +13,16 @@ from service.errors import ServeError
 from service.frontend.admission import Permit
 from service.frontend.catalog import Catalog, ServedModel
 from service.frontend.engine_client import EngineStream
-from service.frontend.predict import admit, arrival_time, quota_error, until_disconnect
-from service.outcomes import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull, QuotaExceeded
+from service.frontend.predict import (
+    admit,
+    arrival_time,
+    checked_priority,
+    over_budget_error,
+    quota_error,
+    until_disconnect,
+)
+from service.outcomes import BatchFailed, DeadlineExceeded, ModelUnavailable, OverBudget, QueueFull, QuotaExceeded
+from service.request_context import PRIORITY
 from service.runtimes.language_model import Finished, GenerationRequest, Piece, Sampling
 from service.settings import Settings
 from service.transport import PayloadCodec
@@ -86,6 +94,8 @@ def http_error(exc: Exception) -> Exception:
         return ServeError(503, f"the model is not available: {exc}", headers={"Retry-After": "1"})
     if isinstance(exc, QuotaExceeded):
         return quota_error(exc)
+    if isinstance(exc, OverBudget):
+        return over_budget_error(exc)
     if isinstance(exc, BatchFailed):
         return ServeError(500, f"generation failed: {exc}", "inference_failed")
     return exc
@@ -126,6 +136,7 @@ def start_all(request: Request, served: ServedModel, registry: Catalog, settings
     """Start a request's generations, all or none: every prompt is checked and every place in the queue
     taken before the first one starts, and if one cannot start, those started are cancelled."""
     requests = [generation_request(request, served, registry, settings, p) for p in params]
+    priority = checked_priority(served, PRIORITY.get())
     permits: list[Permit] = []
     streams: list[EngineStream] = []
     try:
@@ -133,7 +144,7 @@ def start_all(request: Request, served: ServedModel, registry: Catalog, settings
             permits.append(served.admission.take(served.name, 1))
         for prepared in requests:
             streams.append(served.engine.stream(served.name, served.version, prepared.deadline,
-                                                PayloadCodec.encode([prepared]), prepared.max_tokens))
+                                                PayloadCodec.encode([prepared]), prepared.max_tokens, priority))
     except Exception as exc:
         for stream in streams:
             stream.cancel()

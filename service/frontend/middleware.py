@@ -19,7 +19,7 @@ from service.frontend.catalog import ServedModel
 from service.frontend.direct import serve_direct
 from service.frontend.predict import ARRIVAL_KEY
 from service.metrics import Metrics
-from service.request_context import ACCESS, ARRIVAL, REQUEST_ID, AccessRecord, accepted_request_id
+from service.request_context import ACCESS, ARRIVAL, PRIORITY, REQUEST_ID, AccessRecord, accepted_request_id
 
 access_log = logging.getLogger("service.access")
 
@@ -36,11 +36,11 @@ class ServeMiddleware:
             await self.app(scope, receive, send)
             return
         scope[ARRIVAL_KEY] = arrived = time.monotonic()
-        declared, presented_id = _headers_of_interest(scope)
+        declared, presented_id, priority = _headers_of_interest(scope)
         request_id = accepted_request_id(presented_id)
         traced = tracing.active()
         record = AccessRecord(scope["method"]) if self.access_log or traced else None
-        tokens = REQUEST_ID.set(request_id), ACCESS.set(record), ARRIVAL.set(arrived)
+        tokens = REQUEST_ID.set(request_id), ACCESS.set(record), ARRIVAL.set(arrived), PRIORITY.set(priority or 0)
         id_header = (b"x-request-id", request_id.encode())
         try:
             if traced:
@@ -53,10 +53,20 @@ class ServeMiddleware:
             REQUEST_ID.reset(tokens[0])
             ACCESS.reset(tokens[1])
             ARRIVAL.reset(tokens[2])
+            PRIORITY.reset(tokens[3])
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, declared: int | None,
                      id_header: tuple[bytes, bytes], record: AccessRecord | None) -> None:
         started = scope[ARRIVAL_KEY]
+        if PRIORITY.get() < 0:
+            response = error_response(400, "X-Priority must be a whole number: 1 (the highest) up to the model's "
+                                      "priority levels, or 0 for its default", "invalid_input",
+                                      headers={"X-Request-ID": id_header[1].decode()})
+            await response(scope, receive, send)
+            self._record(scope, 400, 0.0)
+            if record is not None:
+                self._log_access(scope, record, 400, started, None, None)
+            return
         requested = requested_model(scope)
         if requested is not None and (refusal := fast_refusal(scope, requested)):
             await send({"type": "http.response.start", "status": 503, "headers": [*REFUSAL_HEADERS, id_header]})
@@ -151,9 +161,10 @@ def _template(scope: Scope) -> str:
     return getattr(scope.get("route"), "path", None) or "unmatched"
 
 
-def _headers_of_interest(scope: Scope) -> tuple[int | None, bytes | None]:
-    """Content-Length (None if absent or not a number) and X-Request-ID, in one pass over the headers."""
-    length = request_id = None
+def _headers_of_interest(scope: Scope) -> tuple[int | None, bytes | None, int | None]:
+    """Content-Length (None if absent or not a number), X-Request-ID and X-Priority (-1 if not a whole number
+    >= 0), in one pass over the headers."""
+    length = request_id = priority = None
     for key, value in scope.get("headers", []):
         if key == b"content-length":
             try:
@@ -162,7 +173,9 @@ def _headers_of_interest(scope: Scope) -> tuple[int | None, bytes | None]:
                 length = None
         elif key == b"x-request-id":
             request_id = value
-    return length, request_id
+        elif key == b"x-priority":
+            priority = int(value) if value.isdigit() and len(value) < 4 else -1
+    return length, request_id, priority
 
 
 # The inference routes that name their model in the path: native, KServe V1, V2, generate, samples.
@@ -212,7 +225,7 @@ def fast_refusal(scope: Scope, requested: RequestedModel) -> bytes | None:
     if settings is None or settings.api_keys:  # keys: the routes check them first
         return None
     served = requested.served
-    if not served.ready:
+    if not served.takes_requests:
         return orjson.dumps({"error": f"model {served.name} v{served.version} is not ready ({served.status})",
                              "type": "unavailable"})
     if served.admission.full:

@@ -20,7 +20,8 @@ from starlette.requests import Request
 from service import tracing
 from service.errors import ServeError
 from service.frontend.catalog import ServedModel
-from service.outcomes import BatchFailed, DeadlineExceeded, ModelUnavailable, QueueFull, QuotaExceeded
+from service.outcomes import BatchFailed, DeadlineExceeded, ModelUnavailable, OverBudget, QueueFull, QuotaExceeded
+from service.request_context import PRIORITY
 from service.runtimes.images import png_pixels
 from service.transport import PayloadCodec
 
@@ -57,7 +58,7 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
 
 
 def require_ready(served: ServedModel) -> None:
-    if not served.ready:
+    if not served.takes_requests:
         raise ServeError(503, f"model {served.name} v{served.version} is not ready ({served.status})",
                          headers={"Retry-After": "5"})
 
@@ -118,23 +119,35 @@ async def decode_all(decode: Callable[[Any, int], Any], raw_inputs: Sequence[Any
 
 
 async def decode_and_infer(request: Request, served: ServedModel, decode: Callable[[Any, int], Any],
-                           raw_inputs: Sequence[Any], timeout_s: float) -> list[Any]:
+                           raw_inputs: Sequence[Any], timeout_s: float, priority: int | None = None) -> list[Any]:
     """Take the inputs' places in the model's queue, decode and validate them, run them on the engine."""
     require_ready(served)
+    level = checked_priority(served, PRIORITY.get() if priority is None else priority)
     units = sum(served.runtime.units(raw) for raw in raw_inputs)
     with served.admission.take(served.name, units):
         with tracing.span("decode", **{"serve.inputs": len(raw_inputs)}):
             payloads = await decode_all(decode, raw_inputs)
-        return await infer(request, served, payloads, timeout_s)
+        return await infer(request, served, payloads, timeout_s, level)
 
 
-async def infer(request: Request, served: ServedModel, payloads: list[Any], timeout_s: float) -> list[Any]:
+def checked_priority(served: ServedModel, priority: int) -> int:
+    """A request's priority level (the X-Priority header's, or V2's ``parameters.priority``; 0: the model's
+    default), 400 when the model has no such level."""
+    levels = served.config.priority_levels
+    if not 0 <= priority <= levels:
+        raise ServeError(400, f"priority {priority} is not one of model {served.name}'s levels: 1 (the highest) to "
+                         f"{levels}, or 0 for its default ({served.config.default_priority})", "invalid_input")
+    return priority
+
+
+async def infer(request: Request, served: ServedModel, payloads: list[Any], timeout_s: float,
+                priority: int = 0) -> list[Any]:
     """Run decoded payloads on the engine (admitted by the caller); their results in order."""
     deadline = arrival_time(request) + timeout_s
     with engine_errors(served, timeout_s):
         raw = await until_disconnect(
             request, served.engine.call(served.name, served.version, deadline, PayloadCodec.encode(payloads),
-                                       len(payloads)))
+                                       len(payloads), priority))
     return list(served.payload_codec.decode(raw))
 
 
@@ -156,6 +169,12 @@ def engine_errors(served: ServedModel, timeout_s: float) -> Iterator[None]:
         raise ServeError(500, f"inference failed: {exc}", "inference_failed") from None
     except QuotaExceeded as exc:
         raise quota_error(exc) from None
+    except OverBudget as exc:
+        raise over_budget_error(exc) from None
+
+
+def over_budget_error(exc: OverBudget) -> ServeError:
+    return ServeError(507, str(exc), "over_memory_budget")
 
 
 def quota_error(exc: QuotaExceeded) -> ServeError:

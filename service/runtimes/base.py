@@ -57,6 +57,9 @@ class Runtime:
     parameters: ClassVar[type[BaseModel] | None] = None  # the request parameters' schema
     payload_type: ClassVar[Any] = Any
     result_type: ClassVar[Any] = Any
+    # The task's default latency objective (a manifest's serving.latency_objective_ms or the operator's wins):
+    # from arrival to result; a language model's, per token; a diffusion model's, for its whole sampling.
+    latency_objective_ms: ClassVar[float] = 100.0
 
     def __init__(self, manifest: dict[str, Any], limits: DecodeLimits, tokenizer: Any = None) -> None:
         self.manifest = manifest

@@ -51,6 +51,7 @@ class _ImageOutputs(Runtime):
     """What every generator shares: its labels, and its answers as a PNG grid or JSON."""
 
     task = "image-generation"
+    latency_objective_ms = 250.0
     parameters = SampleParameters
     payload_type = SampleRequest
     result_type = Samples
@@ -169,6 +170,7 @@ class DiffusionRuntime(_ImageOutputs):
     """
 
     scheduler = "denoising"
+    latency_objective_ms = 30_000.0  # 50 updates of up to 64 rows, on a CPU
 
     def __init__(self, manifest: dict[str, Any], limits: DecodeLimits, tokenizer: Any = None) -> None:
         super().__init__(manifest, limits, tokenizer)

@@ -16,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from models.imaging import to_uint8
 from tests.conftest import LiveServer
+from tests.promtext import samples
 
 
 def pixels(n: int, seed: int = 0) -> np.ndarray:
@@ -163,3 +164,55 @@ def test_tritonclient_draws_from_generators_with_the_pixels_of_the_samples_route
         with pytest.raises(InferenceServerException) as raised:
             client.infer("tiny-ddpm", inputs)
         assert raised.value.status() == status, raised.value.message()
+
+
+def test_priority_and_timeout_as_tritonclient_sends_them(live_server: LiveServer) -> None:
+    """Triton's request parameters: ``priority`` (1 the highest, 0 the default) and ``timeout`` (microseconds):
+    an out-of-range level is a 400; a request whose own timeout passed is dropped before its forward (504),
+    and counted."""
+    from tests.promtext import value as metric
+
+    triton = httpclient.InferenceServerClient(url=live_server.url)
+    batch = pixels(2, seed=3)
+    infer_input = httpclient.InferInput("pixels", list(batch.shape), "FP32")
+    infer_input.set_data_from_numpy(batch)
+    plain = triton.infer("tiny-cnn", [infer_input]).as_numpy("probabilities")
+    urgent = triton.infer("tiny-cnn", [infer_input], priority=1, timeout=5_000_000).as_numpy("probabilities")
+    assert np.array_equal(plain, urgent)
+    with pytest.raises(InferenceServerException, match="priority 4 is not one of model tiny-cnn's levels: 1"):
+        triton.infer("tiny-cnn", [infer_input], priority=4)  # three levels by default
+    counted = {"model": "tiny-cnn", "version": "2", "reason": "deadline"}
+    before = sum(samples(httpx.get(f"http://{live_server.url}/metrics").text, "serve_dropped_inputs_total",
+                         **counted))
+    with pytest.raises(InferenceServerException, match="deadline of 0 ms passed"):
+        triton.infer("tiny-cnn", [infer_input], timeout=1)  # 1 microsecond
+    after = metric(httpx.get(f"http://{live_server.url}/metrics").text, "serve_dropped_inputs_total", **counted)
+    assert after == before + 2  # both inputs, dropped before any forward
+
+
+@pytest.mark.parametrize(("parameters", "message"), [
+    ({"priority": "high"}, "parameters.priority must be a whole number"),
+    ({"priority": -1}, "parameters.priority must be a whole number"),
+    ({"priority": True}, "parameters.priority must be a whole number"),
+    ({"timeout": 0}, "parameters.timeout must be a whole number of microseconds"),
+    ({"timeout": 1.5}, "parameters.timeout must be a whole number of microseconds"),
+])
+def test_bad_priority_or_timeout_parameters_are_400(client: TestClient, parameters: dict, message: str) -> None:
+    body = {"parameters": parameters, "inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32",
+                                                  "data": pixels(1).reshape(-1).tolist()}]}
+    response = client.post("/v2/models/tiny-cnn/infer", json=body)
+    assert response.status_code == 400 and message in response.json()["error"], response.text
+
+
+@pytest.mark.parametrize(("header", "status"), [("1", 200), ("3", 200), ("0", 200), ("4", 400), ("high", 400),
+                                                ("-1", 400), ("99999", 400)])
+def test_the_x_priority_header_on_the_native_routes(client: TestClient, digit_png: bytes, header: str,
+                                                    status: int) -> None:
+    response = client.post("/v1/models/tiny-cnn/predict", content=digit_png,
+                           headers={"content-type": "image/png", "x-priority": header})
+    assert response.status_code == status, response.text
+    if status == 400:
+        assert response.json()["type"] == "invalid_input" and "riority" in response.json()["error"]
+    generated = client.post("/v1/models/tiny-gpt/generate", json={"prompt": "ab", "max_tokens": 3},
+                            headers={"x-priority": header})
+    assert generated.status_code == status, generated.text

@@ -23,6 +23,7 @@ from service.engine.batcher import (
     WorkerFatal,
     _Item,
 )
+from service.engine.scheduler import Objective
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -64,6 +65,12 @@ class Observer:
     def dropped(self, reason: str, count: int) -> None:
         self.dropped_counts[reason] = self.dropped_counts.get(reason, 0) + count
 
+    def device_time(self, seconds: float) -> None:
+        self.device_seconds = getattr(self, "device_seconds", 0.0) + seconds
+
+    def objective(self, total: int, missed: int) -> None:
+        self.objective_counts = [*getattr(self, "objective_counts", []), (total, missed)]
+
     # the generation and denoising loops' figures (service.metrics.SchedulerMetrics)
     def queue_wait(self, seconds: float) -> None:
         self.waits = [*getattr(self, "waits", []), seconds]
@@ -72,10 +79,11 @@ class Observer:
         self.steps = getattr(self, "steps", 0) + 1
 
 
-def make(model: RecordingModel, **config: Any) -> tuple[Batcher, ThreadPoolExecutor, Observer]:
+def make(model: RecordingModel, objective: Objective | None = None,
+         **config: Any) -> tuple[Batcher, ThreadPoolExecutor, Observer]:
     executor = ThreadPoolExecutor(max_workers=1)
     observer = Observer()
-    batcher = Batcher("test", model, BatchConfig(**config), executor, observer)  # type: ignore[arg-type]
+    batcher = Batcher("test", model, BatchConfig(**config), executor, observer, objective)  # type: ignore[arg-type]
     batcher.start()
     return batcher, executor, observer
 
@@ -103,6 +111,29 @@ def test_lone_request_is_dispatched_at_once_without_waiting_for_the_delay() -> N
         return elapsed
 
     assert run(scenario()) < 0.5  # the delay is 2 s; an idle model must not wait for it
+
+
+def test_a_higher_priority_is_taken_first_and_within_a_level_the_first_come() -> None:
+    async def scenario() -> RecordingModel:
+        model = RecordingModel()
+        batcher, executor, observer = make(model, Objective(0.1, levels=3, default=2), max_batch_size=3,
+                                           max_delay_s=0.05)
+        model.gate.clear()
+        first = asyncio.ensure_future(batcher.submit([0], later()))
+        await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+        # while the device is busy: default (0 = level 2), lowest (3), highest (1), default, highest
+        levels = {1: 0, 2: 3, 3: 1, 4: 0, 5: 1}
+        waiting = [asyncio.ensure_future(batcher.submit([i], later(), priority=level)) for i, level in levels.items()]
+        await asyncio.sleep(0.1)
+        model.gate.set()
+        await asyncio.gather(first, *waiting)
+        assert sum(total for total, _ in observer.objective_counts) == 6  # every input measured
+        await batcher.stop()
+        executor.shutdown()
+        return model
+
+    model = run(scenario())
+    assert model.batches == [[0], [3, 5, 1], [4, 2]]  # level 1 first, then 2 in arrival order, then 3
 
 
 def test_requests_arriving_while_busy_are_batched_up_to_max_batch_size() -> None:

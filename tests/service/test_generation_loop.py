@@ -99,6 +99,12 @@ class Recorder:
         assert 0 <= seconds_after_first < 60
         self.done.append(tokens)
 
+    def device_time(self, seconds: float) -> None:
+        self.device_seconds = getattr(self, "device_seconds", 0.0) + seconds
+
+    def objective(self, total: int, missed: int) -> None:
+        self.tokens_measured = getattr(self, "tokens_measured", 0) + total
+
     def queue_wait(self, seconds: float) -> None:
         self.waits.append(seconds)
 

@@ -44,6 +44,14 @@ def test_the_slo_metrics_count_what_was_served(client: TestClient, digit_png: by
     assert metric(text, "serve_generations", state="running", **gpt) == 0
     assert metric(text, "serve_generations", state="waiting", **gpt) == 0
     assert metric(text, "serve_denoising_steps_total", **ddpm) == 3
+    # the device scheduler's: each model's time on the device, and its latency objective, met or missed
+    for labels in (cnn, gpt, ddpm):
+        assert metric(text, "serve_device_seconds_total", **labels) > 0
+    assert metric(text, "serve_latency_objective_seconds", **cnn) == 0.1  # the task's default
+    assert metric(text, "serve_latency_objective_seconds", **ddpm) == 30.0
+    for labels, measured in ((cnn, 3), (gpt, 6), (ddpm, 1)):  # requests; a language model's: tokens
+        met, missed = (metric(text, "serve_latency_objective_total", outcome=o, **labels) for o in ("met", "missed"))
+        assert met + missed == measured, (labels, met, missed)
 
 
 def test_in_flight_counts_running_and_waiting_generations(weights_dir) -> None:  # type: ignore[no-untyped-def]

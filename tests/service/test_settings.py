@@ -146,3 +146,22 @@ def test_version_policies_select_what_they_say() -> None:
                 {"newest": 1}):
         with pytest.raises(ValidationError):
             VersionPolicy(**bad)  # type: ignore[arg-type]
+
+
+def test_a_latency_objective_comes_from_the_operator_the_manifest_or_the_task(tmp_path: Path) -> None:
+    from service.serving import serving_config
+
+    classifier = {"task": "image-classification", "architecture": "cnn"}
+    diffusion = {"task": "image-generation", "architecture": "ddpm-unet"}
+    plain = Settings(weights_dir=tmp_path)
+    assert serving_config(plain, "a", classifier).latency_objective_s == 0.1  # the task's default
+    assert serving_config(plain, "a", diffusion).latency_objective_s == 30.0
+    own = {**classifier, "serving": {"latency_objective_ms": 40, "priority_levels": 5, "default_priority": 3}}
+    config = serving_config(plain, "a", own)
+    assert (config.latency_objective_s, config.priority_levels, config.default_priority) == (0.04, 5, 3)
+    operator = Settings(weights_dir=tmp_path, latency_objective_ms=70,
+                        model_overrides={"a": {"latency_objective_ms": 25}})
+    assert serving_config(operator, "a", own).latency_objective_s == 0.025  # the per-model override wins
+    assert serving_config(operator, "b", classifier).latency_objective_s == 0.07  # then SERVE_LATENCY_OBJECTIVE_MS
+    with pytest.raises(ValidationError, match="default_priority 4"):
+        Settings(weights_dir=tmp_path, priority_levels=3, default_priority=4)

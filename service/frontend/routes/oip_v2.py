@@ -245,10 +245,26 @@ async def _run(request: Request, served: ServedModel, catalog: Catalog, parsed: 
                tensors: dict[str, np.ndarray], max_inputs: int) -> dict[str, np.ndarray]:
     """The input tensors as the runtime's raw inputs, run on the engine, the results as output tensors."""
     runtime = served.runtime
+    priority, timeout_s = _scheduling(parsed.parameters, catalog.timeout_s(served))
     raw, params = runtime.v2_items(tensors, parsed.parameters, max_inputs)
     results = await decode_and_infer(request, served, functools.partial(runtime.v2_decode, params=params), raw,
-                                     catalog.timeout_s(served))
+                                     timeout_s, priority)
     return dict(runtime.v2_outputs(results))
+
+
+def _scheduling(parameters: dict[str, Any], model_timeout_s: float) -> tuple[int, float]:
+    """Triton's request parameters, taken out of ``parameters``: ``priority`` (1 the highest, 0 the model's
+    default) and ``timeout`` (microseconds; the model's own deadline still bounds it)."""
+    priority = parameters.pop("priority", 0)
+    timeout_us = parameters.pop("timeout", None)
+    if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
+        raise ServeError(400, f"parameters.priority must be a whole number >= 0, got {priority!r}", "invalid_input")
+    if timeout_us is None:
+        return priority, model_timeout_s
+    if isinstance(timeout_us, bool) or not isinstance(timeout_us, int) or timeout_us <= 0:
+        raise ServeError(400, f"parameters.timeout must be a whole number of microseconds > 0, got {timeout_us!r}",
+                         "invalid_input")
+    return priority, min(model_timeout_s, timeout_us / 1_000_000)
 
 
 async def _infer(request: Request, served: ServedModel, catalog: Catalog, max_inputs: int) -> Response:

@@ -60,7 +60,12 @@ async def index(catalog: CatalogDep, body: Annotated[IndexRequest | None, Body()
     for key, model in sorted(status.models.items(), key=lambda item: _order(item[0])):
         name, version = key.rsplit("/", 1)
         if body is None or not body.ready or model.state == "READY":
-            entries.append({"name": name, "version": version, "state": model.state, "reason": model.reason})
+            entry: dict[str, Any] = {"name": name, "version": version, "state": model.state, "reason": model.reason}
+            if model.resident_bytes:  # a loaded version's weights (the memory budget's unit)
+                entry["resident_bytes"] = model.resident_bytes
+            if model.on_demand:
+                entry["reason"] = "not loaded: its first request loads it (SERVE_MODEL_CONTROL=on_demand)"
+            entries.append(entry)
     return JSONResponse(entries)
 
 
@@ -84,9 +89,9 @@ async def unload(name: str, catalog: CatalogDep, settings: SettingsDep,
 
 
 async def _control(catalog: Any, settings: Any, action: str, name: str, version: int | None) -> None:
-    if settings.model_control != "explicit":
+    if settings.model_control not in ("explicit", "on_demand"):
         raise ServeError(400, f"models are not {action}ed on request with SERVE_MODEL_CONTROL={settings.model_control}"
-                         " (set it to explicit)", "model_control_disabled")
+                         " (set it to explicit or on_demand)", "model_control_disabled")
     try:
         async with asyncio.timeout(CONTROL_TIMEOUT_S):
             await catalog.engine.control(action, name, version)

@@ -1,0 +1,176 @@
+"""The device scheduler: the one place that decides what a device runs next, across every model on it.
+
+Every model's scheduler (batcher, generation loop, denoising loop) hands its work here as short calls, each
+tagged with its model and the deadline its requests' latency objectives give it (a batch: its oldest input's
+arrival + the model's objective, shortened for a higher priority; a decoding step: now + the time allowed per
+token; a denoising piece: its request's arrival + the model's objective). The device runs the work with the
+least slack first: its deadline minus what this model's calls of that kind have cost so far, measured here as
+they run (earliest-deadline-first, with each call's measured cost). Work of one model runs in the order it was
+handed over, and never two at once.
+
+Long work is handed over cut into pieces (a denoising step as one piece per forward), so a classifier's batch
+waits for at most one piece, not a whole step. Why this policy, and the measurements that chose it, are in
+the README ("One device, many models").
+
+A call of a scheduler (an object with a ``name``) runs under the watchdog, as in ``WatchedExecutor``. The
+device's thread is its inference thread; ``submit`` (the ``Executor`` interface) hands over untagged work, due
+now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.engine.watchdog import Watchdog
+
+log = logging.getLogger("service.engine.device")
+COST_WEIGHT = 0.2  # of the newest duration in a kind of call's measured cost
+MAX_PENDING = 4096  # calls waiting: each scheduler hands over at most a step's pieces at once; far more is a bug
+
+
+@dataclass(order=True)
+class _Work:
+    latest_start: float  # deadline - measured cost: the least slack runs first
+    order: int  # ties, and one model's calls among themselves: in the order handed over
+    deadline: float = field(compare=False)
+    model: str = field(compare=False)
+    kind: str = field(compare=False)
+    fn: Callable[..., Any] = field(compare=False)
+    args: tuple[Any, ...] = field(compare=False)
+    future: Future[Any] = field(compare=False)
+    account: Callable[[float], None] | None = field(compare=False, default=None)
+
+
+class Device(Executor):
+    """One inference thread and the queue of calls it chooses from."""
+
+    def __init__(self, name: str, watchdog: Watchdog | None = None) -> None:
+        self.name = name
+        self.watchdog = watchdog
+        self._ready = threading.Condition()
+        self._waiting: list[_Work] = []  # a heap
+        self._order = itertools.count()
+        self._costs: dict[tuple[str, str], float] = {}  # (model, kind) -> seconds, a moving average
+        self._closed = False
+        self.running: str | None = None  # the model whose call runs now
+        self._thread = threading.Thread(target=self._serve, name=f"infer-{name}", daemon=True)
+        self._thread.start()
+
+    # -- handing work over -------------------------------------------------------------------------
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """``Executor.submit``: an untagged call, due now (a model's first warm call, a test's)."""
+        call = (lambda: fn(*args, **kwargs)) if kwargs else fn
+        owner = getattr(fn, "__self__", None)
+        model = getattr(owner, "name", "")
+        return self.submit_at(call, *(() if kwargs else args), deadline=time.monotonic(),
+                              model=model if isinstance(model, str) else "", kind=getattr(fn, "__name__", "call"),
+                              watched=isinstance(model, str) and bool(model))
+
+    def submit_at(self, fn: Callable[..., Any], *args: Any, deadline: float, model: str, kind: str | None = None,
+                  account: Callable[[float], None] | None = None, watched: bool = True) -> Future[Any]:
+        """Hand over ``fn(*args)`` for ``model``, due by ``deadline`` (``time.monotonic()``); ``account`` gets the
+        seconds it held the device."""
+        kind = kind or str(getattr(fn, "__name__", "call"))
+        future: Future[Any] = Future()
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if len(self._waiting) >= MAX_PENDING:
+                raise RuntimeError(f"the device {self.name} has {MAX_PENDING} calls waiting")
+            cost = self._costs.get((model, kind), 0.0)
+            run = self._watched(model, kind, fn) if watched and model and self.watchdog is not None else fn
+            heapq.heappush(self._waiting, _Work(deadline - cost, next(self._order), deadline, model, kind, run, args,
+                                                future, account))
+            self._ready.notify()
+        return future
+
+    def submit_pieces(self, fn: Callable[..., Any], pieces: list[tuple[Any, ...]], *, deadline: float, model: str,
+                      account: Callable[[float], None] | None = None) -> list[Future[Any]]:
+        """``fn(*args)`` for each ``args`` of ``pieces``: one long piece of work cut up. They share one deadline
+        and slack, so they run in this order; other models' more urgent calls run between them."""
+        kind = getattr(fn, "__name__", "call")
+        futures: list[Future[Any]] = []
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if len(self._waiting) + len(pieces) > MAX_PENDING:
+                raise RuntimeError(f"the device {self.name} has {MAX_PENDING} calls waiting")
+            latest_start = deadline - self._costs.get((model, kind), 0.0)
+            run = self._watched(model, kind, fn) if self.watchdog is not None else fn
+            for args in pieces:
+                futures.append(Future())
+                heapq.heappush(self._waiting, _Work(latest_start, next(self._order), deadline, model, kind, run,
+                                                    args, futures[-1], account))
+            self._ready.notify()
+        return futures
+
+    def run(self, fn: Callable[..., Any], *args: Any, deadline: float, model: str,
+            account: Callable[[float], None] | None = None) -> asyncio.Future[Any]:
+        """``submit_at`` for the event loop: an awaitable of the call's result."""
+        return asyncio.wrap_future(self.submit_at(fn, *args, deadline=deadline, model=model, account=account))
+
+    def _watched(self, model: str, kind: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        watchdog = self.watchdog
+        assert watchdog is not None
+        return lambda *args: watchdog.run(f"{model} {kind}", fn, *args)
+
+    def cost_s(self, model: str, kind: str) -> float | None:
+        """What a ``kind`` call of ``model`` has cost, on average lately (None before its first)."""
+        return self._costs.get((model, kind))
+
+    @property
+    def depth(self) -> int:
+        return len(self._waiting)
+
+    # -- the inference thread ----------------------------------------------------------------------
+    def _next(self) -> _Work | None:
+        """The waiting call with the least slack whose model has none running (there is no other thread, so
+        that is the first one); None once shut down and empty."""
+        with self._ready:
+            while not self._waiting:
+                if self._closed:
+                    return None
+                self._ready.wait()
+            work = heapq.heappop(self._waiting)
+            self.running = work.model
+            return work
+
+    def _serve(self) -> None:
+        while (work := self._next()) is not None:
+            if not work.future.set_running_or_notify_cancel():
+                continue
+            started = time.perf_counter()
+            try:
+                result = work.fn(*work.args)
+            except BaseException as exc:
+                work.future.set_exception(exc)
+            else:
+                work.future.set_result(result)
+            finally:
+                seconds = time.perf_counter() - started
+                self.running = None
+                key = (work.model, work.kind)
+                cost = self._costs.get(key)
+                self._costs[key] = seconds if cost is None else (1 - COST_WEIGHT) * cost + COST_WEIGHT * seconds
+                if work.account is not None:
+                    work.account(seconds)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._ready:
+            self._closed = True
+            if cancel_futures:
+                for work in self._waiting:
+                    work.future.cancel()
+                self._waiting.clear()
+            self._ready.notify_all()
+        if wait and threading.current_thread() is not self._thread:
+            self._thread.join()
