@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import orjson
 from PIL import Image
@@ -47,8 +48,25 @@ def start(url: str, body: Path, header_length: int, connections: int, seconds: i
     return subprocess.Popen(argv, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 
+ENGINE_FIGURES = ("serve_queue_wait_seconds", "serve_batch_size", "serve_inference_duration_seconds")
+
+
+def engine_sums(base: str) -> dict[str, float]:
+    """mnist-cnn's sums and counts of the engine's histograms: where the time went, apart from HTTP."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{base}/metrics", timeout=10).text):
+        for s in family.samples:
+            if s.labels.get("model") == "mnist-cnn" and s.name.removesuffix("_sum").removesuffix("_count") in \
+                    ENGINE_FIGURES and s.name.endswith(("_sum", "_count")):
+                sums[s.name] = sums.get(s.name, 0.0) + s.value
+    return sums
+
+
 def one_round(base: str, bodies: dict[str, tuple[Path, int]], args: argparse.Namespace) -> dict[str, Any]:
     url = f"{base}/v2/models/mnist-cnn/infer"
+    before = engine_sums(base)
     runs = {group: start(url, path, length, connections, args.seconds)
             for group, (path, length), connections in zip(bodies, bodies.values(),
                                                            (args.default_connections, args.priority_connections),
@@ -63,6 +81,13 @@ def one_round(base: str, bodies: dict[str, tuple[Path, int]], args: argparse.Nam
             raise RuntimeError(f"{group}: {parsed.non_2xx} non-2xx, {parsed.socket_errors} socket errors")
         result[group] = {"rps": round(parsed.rps, 1), "p50_ms": parsed.p50_ms, "p99_ms": parsed.p99_ms}
     result["p99_ratio"] = round(result["priority 1"]["p99_ms"] / result["default"]["p99_ms"], 3)
+    after = engine_sums(base)
+    delta = {key: after[key] - before.get(key, 0.0) for key in after}
+    for figure, name, scale in (("serve_queue_wait_seconds", "engine_queue_wait_mean_ms", 1000),
+                                ("serve_inference_duration_seconds", "forward_mean_ms", 1000),
+                                ("serve_batch_size", "batch_mean", 1)):
+        if delta.get(f"{figure}_count"):
+            result[name] = round(delta[f"{figure}_sum"] / delta[f"{figure}_count"] * scale, 2)
     return result
 
 

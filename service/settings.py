@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     latency_objective_ms: float | None = Field(default=None, gt=0, description="every model's latency objective "
                                                "(the device scheduler's deadlines, and the objective metrics); "
                                                "default: the model's manifest, else its task's")
+    device_lanes: int = Field(default=2, ge=1, le=2, description="calls a device runs at once: 2, a second thread "
+                              "for other models' short calls while a long one runs (README: One device, many "
+                              "models); 1, one call at a time")
     priority_levels: int = Field(default=3, ge=1, le=16, description="request priority levels per model (1 is "
                                  "the highest)")
     default_priority: int = Field(default=2, ge=1, le=16, description="the level of a request that names none")

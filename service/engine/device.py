@@ -5,12 +5,13 @@ tagged with its model and the deadline its requests' latency objectives give it 
 arrival + the model's objective, shortened for a higher priority; a decoding step: now + the time allowed per
 token; a denoising piece: its request's arrival + the model's objective). The device runs the work with the
 least slack first: its deadline minus what this model's calls of that kind have cost so far, measured here as
-they run (earliest-deadline-first, with each call's measured cost). Work of one model runs in the order it was
-handed over, and never two at once.
+they run (earliest-deadline-first, with each call's measured cost). A model's calls never run two at once; the
+pieces of one long call share a deadline and run in the order handed over.
 
 Long work is handed over cut into pieces (a denoising step as one piece per forward), so a classifier's batch
-waits for at most one piece, not a whole step. Why this policy, and the measurements that chose it, are in
-the README ("One device, many models").
+waits for at most one piece, not a whole step. With two lanes (the default), a second thread runs other models'
+short calls while the first runs a long one: then the classifier does not wait for the piece either. Why this
+policy, and the measurements that chose it, are in the README ("One device, many models").
 
 A call of a scheduler (an object with a ``name``) runs under the watchdog, as in ``WatchedExecutor``. The
 device's thread is its inference thread; ``submit`` (the ``Executor`` interface) hands over untagged work, due
@@ -35,6 +36,7 @@ from service.engine.watchdog import Watchdog
 log = logging.getLogger("service.engine.device")
 COST_WEIGHT = 0.2  # of the newest duration in a kind of call's measured cost
 MAX_PENDING = 4096  # calls waiting: each scheduler hands over at most a step's pieces at once; far more is a bug
+SHORT_S = 0.010  # a second lane takes only calls that have cost at most this (a classifier's batch, not a piece)
 
 
 @dataclass(order=True)
@@ -53,17 +55,24 @@ class _Work:
 class Device(Executor):
     """One inference thread and the queue of calls it chooses from."""
 
-    def __init__(self, name: str, watchdog: Watchdog | None = None) -> None:
+    def __init__(self, name: str, watchdog: Watchdog | None = None, lanes: int = 1, cuda: Any = None) -> None:
+        """``lanes``: 1, one call at a time; 2, a second thread that runs short calls (measured at most SHORT_S)
+        of other models while the first runs a long one (Triton's instance groups, for the light models).
+        ``cuda``: the torch CUDA device, where the device is one: the second lane's kernels go on a stream of
+        its own, so they run beside the first lane's instead of queueing behind them on the default stream."""
         self.name = name
+        self._cuda = cuda
         self.watchdog = watchdog
         self._ready = threading.Condition()
         self._waiting: list[_Work] = []  # a heap
         self._order = itertools.count()
         self._costs: dict[tuple[str, str], float] = {}  # (model, kind) -> seconds, a moving average
         self._closed = False
-        self.running: str | None = None  # the model whose call runs now
-        self._thread = threading.Thread(target=self._serve, name=f"infer-{name}", daemon=True)
-        self._thread.start()
+        self._running: dict[int, _Work] = {}  # lane -> the call it runs
+        self._threads = [threading.Thread(target=self._serve, args=(lane,), name=f"infer-{name}-{lane}", daemon=True)
+                         for lane in range(lanes)]
+        for thread in self._threads:
+            thread.start()
 
     # -- handing work over -------------------------------------------------------------------------
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
@@ -90,7 +99,7 @@ class Device(Executor):
             run = self._watched(model, kind, fn) if watched and model and self.watchdog is not None else fn
             heapq.heappush(self._waiting, _Work(deadline - cost, next(self._order), deadline, model, kind, run, args,
                                                 future, account))
-            self._ready.notify()
+            self._ready.notify_all()
         return future
 
     def submit_pieces(self, fn: Callable[..., Any], pieces: list[tuple[Any, ...]], *, deadline: float, model: str,
@@ -110,7 +119,7 @@ class Device(Executor):
                 futures.append(Future())
                 heapq.heappush(self._waiting, _Work(latest_start, next(self._order), deadline, model, kind, run,
                                                     args, futures[-1], account))
-            self._ready.notify()
+            self._ready.notify_all()
         return futures
 
     def run(self, fn: Callable[..., Any], *args: Any, deadline: float, model: str,
@@ -131,21 +140,46 @@ class Device(Executor):
     def depth(self) -> int:
         return len(self._waiting)
 
-    # -- the inference thread ----------------------------------------------------------------------
-    def _next(self) -> _Work | None:
-        """The waiting call with the least slack whose model has none running (there is no other thread, so
-        that is the first one); None once shut down and empty."""
+    # -- the inference threads ---------------------------------------------------------------------
+    def _next(self, lane: int) -> _Work | None:
+        """The waiting call with the least slack that this lane may take: one whose model has no call running
+        (a model's calls never overlap), and on a second lane only a short one while the first lane is busy;
+        None once shut down and empty."""
         with self._ready:
-            while not self._waiting:
-                if self._closed:
+            while True:
+                work = self._eligible(lane)
+                if work is not None:
+                    self._waiting.remove(work)
+                    heapq.heapify(self._waiting)
+                    self._running[lane] = work
+                    return work
+                if self._closed and (lane > 0 or not self._waiting):
                     return None
                 self._ready.wait()
-            work = heapq.heappop(self._waiting)
-            self.running = work.model
-            return work
 
-    def _serve(self) -> None:
-        while (work := self._next()) is not None:
+    def _eligible(self, lane: int) -> _Work | None:
+        if not self._waiting:
+            return None
+        busy = {work.model for work in self._running.values()}
+        if lane == 0:
+            if not busy:
+                return self._waiting[0]  # the heap's least slack
+            return min((w for w in self._waiting if w.model not in busy), default=None)
+        first = self._running.get(0)
+        if first is None or self._is_short(first):
+            return None  # the first lane is free, or busy only briefly: waiting for it costs little
+        return min((w for w in self._waiting if w.model not in busy and self._is_short(w)), default=None)
+
+    def _is_short(self, work: _Work) -> bool:
+        """Measured to take at most SHORT_S (a call never measured is not)."""
+        return self._costs.get((work.model, work.kind), SHORT_S + 1) <= SHORT_S
+
+    def _serve(self, lane: int) -> None:
+        if lane > 0 and self._cuda is not None:
+            import torch
+
+            torch.cuda.set_stream(torch.cuda.Stream(self._cuda))  # this thread's current stream from now on
+        while (work := self._next(lane)) is not None:
             if not work.future.set_running_or_notify_cancel():
                 continue
             started = time.perf_counter()
@@ -157,10 +191,12 @@ class Device(Executor):
                 work.future.set_result(result)
             finally:
                 seconds = time.perf_counter() - started
-                self.running = None
                 key = (work.model, work.kind)
-                cost = self._costs.get(key)
-                self._costs[key] = seconds if cost is None else (1 - COST_WEIGHT) * cost + COST_WEIGHT * seconds
+                with self._ready:
+                    del self._running[lane]
+                    cost = self._costs.get(key)
+                    self._costs[key] = seconds if cost is None else (1 - COST_WEIGHT) * cost + COST_WEIGHT * seconds
+                    self._ready.notify_all()  # a model's next call, or the second lane's, may run now
                 if work.account is not None:
                     work.account(seconds)
 
@@ -172,5 +208,7 @@ class Device(Executor):
                     work.future.cancel()
                 self._waiting.clear()
             self._ready.notify_all()
-        if wait and threading.current_thread() is not self._thread:
-            self._thread.join()
+        if wait:
+            for thread in self._threads:
+                if thread is not threading.current_thread():
+                    thread.join()

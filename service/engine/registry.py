@@ -112,7 +112,8 @@ class Registry:
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
         # One inference thread per device, and one scheduler that decides what it runs next (service/engine/device.py).
-        self.executor = Device(str(self.device), watchdog)
+        self.executor = Device(str(self.device), watchdog, settings.device_lanes,
+                               self.device if self.device.type == "cuda" else None)
         # Loading (read, build, trace, check, warm up) and freeing happen beside serving, on a thread of their own
         # at the lowest CPU priority: a load never holds up the models that serve (issue 21; figures in README).
         self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"load-{self.device}",

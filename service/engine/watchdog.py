@@ -30,7 +30,7 @@ class Watchdog:
         self.multiple = multiple
         self.on_hang = on_hang
         self._averages: dict[str, float] = {}
-        self._running: tuple[str, float, float] | None = None  # key, started, allowed seconds
+        self._running: dict[int, tuple[str, float, float]] = {}  # inference thread -> key, started, allowed s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="engine-watchdog", daemon=True)
         self.tripped: str | None = None
@@ -47,30 +47,31 @@ class Watchdog:
 
     def run(self, key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call ``fn`` (in the inference thread) under watch."""
-        started = time.monotonic()
-        self._running = (key, started, self.allowed_s(key))
+        started, thread = time.monotonic(), threading.get_ident()
+        self._running[thread] = (key, started, self.allowed_s(key))
         try:
             return fn(*args, **kwargs)
         finally:
-            self._running = None
+            del self._running[thread]
             seconds = time.monotonic() - started
             average = self._averages.get(key)
             self._averages[key] = seconds if average is None else (1 - EMA_WEIGHT) * average + EMA_WEIGHT * seconds
 
     def _watch(self) -> None:
         while not self._stop.wait(CHECK_EVERY_S):
-            running = self._running
-            if running is None or self.tripped:
-                continue
-            key, started, allowed = running
-            ran = time.monotonic() - started
-            if ran > allowed:
-                average = self._averages.get(key)
-                usual = f"usually {average * 1000:.1f} ms" if average is not None else "its first run"
-                self.tripped = (f"{key} has run {ran:.1f} s ({usual}; the limit is {allowed:.1f} s): "
-                                "the inference thread is hung")
-                log.critical("watchdog: %s", self.tripped)
-                self.on_hang(self.tripped)
+            for key, started, allowed in list(self._running.values()):  # (a device may run two calls at once)
+                self._check(key, started, allowed)
+
+    def _check(self, key: str, started: float, allowed: float) -> None:
+        ran = time.monotonic() - started
+        if self.tripped or ran <= allowed:
+            return
+        average = self._averages.get(key)
+        usual = f"usually {average * 1000:.1f} ms" if average is not None else "its first run"
+        self.tripped = (f"{key} has run {ran:.1f} s ({usual}; the limit is {allowed:.1f} s): "
+                        "the inference thread is hung")
+        log.critical("watchdog: %s", self.tripped)
+        self.on_hang(self.tripped)
 
 
 class WatchedExecutor(ThreadPoolExecutor):

@@ -180,3 +180,24 @@ def test_a_classifier_waits_for_one_denoising_piece_not_a_whole_step(device: Dev
     # uncut, on the same thread (its torch thread count decides the order of a convolution's sums)
     alone = device.submit(diffusion.forward, [SampleRequest(16, 7, None, 6)]).result(timeout=30)[0].images
     assert np.array_equal(samples, alone)
+
+
+def test_a_second_lane_runs_short_calls_of_other_models_beside_a_long_one() -> None:
+    device = Device("test", lanes=2)
+    try:
+        for model in ("light", "heavy"):  # their costs, measured
+            device.submit_at(time.sleep, 0.001 if model == "light" else 0.05, deadline=0.0, model=model,
+                             kind="forward").result(timeout=5)
+        release, long_call = hold(device, 5)  # lane 0 is busy with a long call of "blocker"
+        now = time.monotonic()
+        short = device.submit_at(time.sleep, 0.001, deadline=now + 1, model="light", kind="forward")
+        short.result(timeout=2)  # done while the long call still runs: on the second lane
+        assert not long_call.done()
+        heavy = device.submit_at(time.sleep, 0.05, deadline=now + 1, model="heavy", kind="forward")
+        same_model = device.submit_at(int, deadline=now, model="blocker", kind="forward")
+        time.sleep(0.2)
+        assert not heavy.done() and not same_model.done()  # not short; and a model's calls never overlap
+        release.set()
+        heavy.result(timeout=5), same_model.result(timeout=5)
+    finally:
+        device.shutdown()
