@@ -87,10 +87,12 @@ lint: setup
 	$(BIN)/ruff check models training service tests bench
 	$(BIN)/mypy service models bench
 
+# make bench: ours against the naive server and LitServe (bench/__main__.py); make bench SCENARIO=mixed (or
+# priority, ondemand, loadstall, flood, recovery): that scenario's module, python -m bench.$(SCENARIO).
 bench: setup
 	$(BIN)/pip install --disable-pip-version-check -q -c $(LOCK) -e '.[dev,bench]'
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
-	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench$(if $(SCENARIO),.$(SCENARIO)) $(BENCH_ARGS)
 
 train-%: setup
 	$(BIN)/python -m training $* $(TRAIN_ARGS)
