@@ -161,6 +161,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="R")
     parser.add_argument("--workers", type=int, default=None, help="our front-ends; default: not passed")
     parser.add_argument("--max-queue", type=int, default=8)
+    parser.add_argument("--max-batch-size", type=int, default=None, help="default: not passed (the server's)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections without flood")
     parser.add_argument("--flood-connections", type=int, default=200)
     parser.add_argument("--settle", type=float, default=0.5,
@@ -180,6 +181,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def server_spec(args: argparse.Namespace) -> ServerSpec:
     workers = [] if args.workers is None else ["--workers", str(args.workers)]
+    if args.max_batch_size is not None:
+        workers += ["--max-batch-size", str(args.max_batch_size)]
     argv = [sys.executable, "-m", "service", "--host", HOST, "--port", "{port}", "--weights-dir",
             str(args.weights_dir), "--models", "mnist-cnn", "--max-queue", str(args.max_queue), *workers,
             "--log-level", "warning"]
