@@ -13,9 +13,8 @@ waits for at most one piece, not a whole step. With two lanes (the default), a s
 short calls while the first runs a long one: then the classifier does not wait for the piece either. Why this
 policy, and the measurements that chose it, are in the README ("One device, many models").
 
-A call of a scheduler (an object with a ``name``) runs under the watchdog, as in ``WatchedExecutor``. The
-device's thread is its inference thread; ``submit`` (the ``Executor`` interface) hands over untagged work, due
-now.
+Every tagged call runs under the watchdog (timed per model and kind of call). The device's threads are its
+inference threads; ``submit`` (the ``Executor`` interface) hands over untagged work, due now.
 """
 
 from __future__ import annotations
@@ -198,7 +197,10 @@ class Device(Executor):
                     self._costs[key] = seconds if cost is None else (1 - COST_WEIGHT) * cost + COST_WEIGHT * seconds
                     self._ready.notify_all()  # a model's next call, or the second lane's, may run now
                 if work.account is not None:
-                    work.account(seconds)
+                    try:
+                        work.account(seconds)
+                    except Exception:  # a metric must never end an inference thread
+                        log.exception("accounting %.3f s of %s's device time failed", seconds, work.model)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._ready:

@@ -16,7 +16,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 log = logging.getLogger("service.engine.watchdog")
@@ -72,19 +71,3 @@ class Watchdog:
                         "the inference thread is hung")
         log.critical("watchdog: %s", self.tripped)
         self.on_hang(self.tripped)
-
-
-class WatchedExecutor(ThreadPoolExecutor):
-    """The inference thread, with every scheduler's call timed by the watchdog. Calls of other objects (a
-    model's loading and warm-up, which may take long the first time) run unwatched."""
-
-    def __init__(self, watchdog: Watchdog | None, thread_name_prefix: str) -> None:
-        super().__init__(max_workers=1, thread_name_prefix=thread_name_prefix)
-        self.watchdog = watchdog
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        owner = getattr(fn, "__self__", None)
-        name = getattr(owner, "name", None)
-        if self.watchdog is None or not isinstance(name, str):
-            return super().submit(fn, *args, **kwargs)
-        return super().submit(self.watchdog.run, f"{name} {fn.__name__}", fn, *args, **kwargs)
