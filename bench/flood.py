@@ -162,6 +162,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=None, help="our front-ends; default: not passed")
     parser.add_argument("--max-queue", type=int, default=8)
     parser.add_argument("--max-batch-size", type=int, default=None, help="default: not passed (the server's)")
+    parser.add_argument("--server-flags", default="", help="more flags for python -m service")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections without flood")
     parser.add_argument("--flood-connections", type=int, default=200)
     parser.add_argument("--settle", type=float, default=0.5,
@@ -183,6 +184,7 @@ def server_spec(args: argparse.Namespace) -> ServerSpec:
     workers = [] if args.workers is None else ["--workers", str(args.workers)]
     if args.max_batch_size is not None:
         workers += ["--max-batch-size", str(args.max_batch_size)]
+    workers += args.server_flags.split()
     argv = [sys.executable, "-m", "service", "--host", HOST, "--port", "{port}", "--weights-dir",
             str(args.weights_dir), "--models", "mnist-cnn", "--max-queue", str(args.max_queue), *workers,
             "--log-level", "warning"]

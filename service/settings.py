@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     priority_levels: int = Field(default=3, ge=1, le=16, description="request priority levels per model (1 is "
                                  "the highest)")
     default_priority: int = Field(default=2, ge=1, le=16, description="the level of a request that names none")
+    refusal_delay_ms: float = Field(default=0.0, ge=0, le=1000, description="a request refused because its model "
+                                    "is full is answered (503) this long after it came")
     max_inputs_per_request: int = Field(default=64, ge=1)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_new_tokens: int = Field(default=2048, ge=1, description="the most tokens one generation may ask for")

@@ -91,7 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.draining = False  # set on SIGTERM (service/frontend/drain.py): readiness turns false
     install_error_handlers(app)
     app.add_middleware(ServeMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
-                       access_log=settings.access_log)
+                       access_log=settings.access_log,
+                       refusal_delay_s=settings.refusal_delay_ms / 1000)
     guarded = [Depends(require_api_key)]
     app.include_router(health.router)
     app.include_router(metrics_routes.router)

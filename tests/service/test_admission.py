@@ -115,3 +115,20 @@ def test_admission_counts_places_and_refuses_in_the_one_error_shape() -> None:
 def test_each_front_end_gets_at_least_one_place() -> None:
     assert [share(3, i, 5) for i in range(5)] == [1, 1, 1, 1, 1]
     assert [share(10, i, 4) for i in range(4)] == [3, 3, 2, 2]
+
+
+def test_a_refusal_can_be_answered_later_and_an_admitted_request_is_not(make_client, digit_png: bytes) -> None:  # type: ignore[no-untyped-def]
+    """SERVE_REFUSAL_DELAY_MS: a closed-loop client refused under a flood comes back that much later."""
+    import time
+
+    client = make_client(refusal_delay_ms=150)
+    started = time.perf_counter()
+    assert client.post("/v1/models/tiny-cnn/predict", content=digit_png,
+                       headers={"content-type": "image/png"}).status_code == 200
+    admitted = time.perf_counter() - started
+    admission = fill(client, "tiny-cnn")
+    started = time.perf_counter()
+    refused = client.post("/v1/models/tiny-cnn/predict", content=digit_png, headers={"content-type": "image/png"})
+    assert refused.status_code == 503 and refused.json()["type"] == "queue_full"
+    assert time.perf_counter() - started >= 0.15 > admitted
+    admission.in_flight = 0
