@@ -112,10 +112,10 @@ class ServeMiddleware:
                 record.bytes_out += len(message.get("body", b""))
             await send(message)
 
-        direct = requested if requested is not None and requested.native_predict else None
+        direct = requested if requested is not None and requested.direct else None
         try:
             if direct is not None:  # the native predict route, without the framework's routing
-                await serve_direct(direct.served, scope, limited_receive, recording_send)
+                await serve_direct(direct.served, scope, limited_receive, recording_send, direct.direct or "native")
             else:
                 await self.app(scope, limited_receive, recording_send)
         finally:
@@ -197,13 +197,15 @@ class RequestedModel:
     """The served model an inference request names in its path, looked up once for the middleware."""
 
     served: ServedModel
-    native_predict: bool  # POST /v1/models/{name}[/versions/{version}]/predict
+    direct: str | None  # served without routing: "native" (POST /v1/models/{name}[/versions/{v}]/predict) or
+    # "v2" (POST /v2/models/{name}[/versions/{v}]/infer)
     versioned: bool  # the path names a version
 
     @property
     def template(self) -> str:
-        """The native predict route's path template, for the request metrics."""
-        return "/v1/models/{name}/versions/{version}/predict" if self.versioned else "/v1/models/{name}/predict"
+        """The route's path template, for the request metrics."""
+        prefix, verb = ("/v1", "/predict") if self.direct == "native" else ("/v2", "/infer")
+        return f"{prefix}/models/{{name}}" + ("/versions/{version}" if self.versioned else "") + verb
 
 
 def requested_model(scope: Scope) -> RequestedModel | None:
@@ -221,7 +223,9 @@ def requested_model(scope: Scope) -> RequestedModel | None:
     except ServeError:
         return None
     scope["path_params"] = {"name": served.name}
-    return RequestedModel(served, path.startswith("/v1/") and path.endswith("/predict"), match["version"] is not None)
+    direct = "native" if path.startswith("/v1/") and path.endswith("/predict") else (
+        "v2" if path.startswith("/v2/") and path.endswith("/infer") else None)
+    return RequestedModel(served, direct, match["version"] is not None)
 
 
 def fast_refusal(scope: Scope, requested: RequestedModel) -> bytes | None:

@@ -272,9 +272,9 @@ def test_the_predict_route_served_without_routing_answers_and_counts_as_the_rout
     served_directly: list[str] = []
     route_directly = middleware.serve_direct
 
-    async def counted(served, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+    async def counted(served, scope, receive, send, kind="native") -> None:  # type: ignore[no-untyped-def]
         served_directly.append(scope["path"])
-        await route_directly(served, scope, receive, send)
+        await route_directly(served, scope, receive, send, kind)
 
     monkeypatch.setattr(middleware, "serve_direct", counted)
     headers = {"content-type": "image/png"}
@@ -294,3 +294,15 @@ def test_the_predict_route_served_without_routing_answers_and_counts_as_the_rout
     # the served ones went the direct way; unknown models and versions are left to the router's 404
     assert served_directly == ["/v1/models/tiny-cnn/predict", "/v1/models/tiny-cnn/versions/1/predict",
                                "/v1/models/tiny-cnn/predict", "/v1/models/tiny-cnn/predict"]
+    # V2 infer, the same way
+    pixels = [0.5] * 784
+    body = {"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": pixels}]}
+    assert client.post("/v2/models/tiny-cnn/infer", json=body).json()["model_version"] == "2"
+    assert client.post("/v2/models/tiny-cnn/versions/1/infer", json=body).json()["model_version"] == "1"
+    assert assert_error(client.post("/v2/models/tiny-cnn/infer", json={"inputs": []}), 422)
+    assert assert_error(client.post("/v2/models/nope/infer", json=body), 404)
+    metrics = client.get("/metrics").text
+    assert 'route="/v2/models/{name}/infer",status="200"' in metrics
+    assert 'route="/v2/models/{name}/versions/{version}/infer",status="200"' in metrics
+    assert served_directly[4:] == ["/v2/models/tiny-cnn/infer", "/v2/models/tiny-cnn/versions/1/infer",
+                                   "/v2/models/tiny-cnn/infer"]

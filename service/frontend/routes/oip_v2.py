@@ -267,7 +267,8 @@ def _scheduling(parameters: dict[str, Any], model_timeout_s: float) -> tuple[int
     return priority, min(model_timeout_s, timeout_us / 1_000_000)
 
 
-async def _infer(request: Request, served: ServedModel, catalog: Catalog, max_inputs: int) -> Response:
+async def infer_response(request: Request, served: ServedModel, catalog: Catalog, max_inputs: int) -> Response:
+    """A V2 infer request's answer (the routes' and service/frontend/direct.py's)."""
     if served.runtime is None:
         raise ServeError(503, f"model {served.name} cannot run V2 infer ({served.status})",
                          headers={"Retry-After": "5"})
@@ -298,12 +299,12 @@ async def _infer(request: Request, served: ServedModel, catalog: Catalog, max_in
 @router.post("/v2/models/{name}/infer", summary="Inference (JSON or binary tensors)", responses=ERROR_RESPONSES,
              openapi_extra=INFER_BODY)
 async def infer_latest(name: str, request: Request, catalog: CatalogDep, settings: SettingsDep) -> Response:
-    return await _infer(request, catalog.get(name), catalog, settings.max_inputs_per_request)
+    return await infer_response(request, catalog.get(name), catalog, settings.max_inputs_per_request)
 
 
 @router.post("/v2/models/{name}/versions/{version}/infer", summary="Inference on one version",
              responses=ERROR_RESPONSES, openapi_extra=INFER_BODY)
 async def infer_version(name: str, version: str, request: Request, catalog: CatalogDep,
                         settings: SettingsDep) -> Response:
-    return await _infer(request, catalog.get(name, version), catalog, settings.max_inputs_per_request)
+    return await infer_response(request, catalog.get(name, version), catalog, settings.max_inputs_per_request)
 
