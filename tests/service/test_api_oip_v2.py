@@ -166,19 +166,29 @@ def test_tritonclient_draws_from_generators_with_the_pixels_of_the_samples_route
         assert raised.value.status() == status, raised.value.message()
 
 
-def test_priority_and_timeout_as_tritonclient_sends_them(live_server: LiveServer) -> None:
+def test_priority_and_timeout_as_tritonclient_sends_them(live_server: LiveServer,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Triton's request parameters: ``priority`` (1 the highest, 0 the default) and ``timeout`` (microseconds):
-    an out-of-range level is a 400; a request whose own timeout passed is dropped before its forward (504),
-    and counted."""
+    the level reaches the model's batcher; an out-of-range level is a 400; a request whose own timeout passed is
+    dropped before its forward (504), and counted."""
+    from service.engine.batcher import Batcher
     from tests.promtext import value as metric
 
+    levels: list[int] = []
+    submit = Batcher.submit
+
+    async def recorded(self: Batcher, *args, **kwargs):  # type: ignore[no-untyped-def]
+        levels.append(kwargs.get("priority", 0))
+        return await submit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Batcher, "submit", recorded)
     triton = httpclient.InferenceServerClient(url=live_server.url)
     batch = pixels(2, seed=3)
     infer_input = httpclient.InferInput("pixels", list(batch.shape), "FP32")
     infer_input.set_data_from_numpy(batch)
     plain = triton.infer("tiny-cnn", [infer_input]).as_numpy("probabilities")
     urgent = triton.infer("tiny-cnn", [infer_input], priority=1, timeout=5_000_000).as_numpy("probabilities")
-    assert np.array_equal(plain, urgent)
+    assert np.array_equal(plain, urgent) and levels == [0, 1]
     with pytest.raises(InferenceServerException, match="priority 4 is not one of model tiny-cnn's levels: 1"):
         triton.infer("tiny-cnn", [infer_input], priority=4)  # three levels by default
     counted = {"model": "tiny-cnn", "version": "2", "reason": "deadline"}
