@@ -52,7 +52,7 @@ class _Work:
 
 
 class Device(Executor):
-    """One inference thread and the queue of calls it chooses from."""
+    """A device's inference threads (its lanes) and the queue of calls they choose from."""
 
     def __init__(self, name: str, watchdog: Watchdog | None = None, lanes: int = 1, cuda: Any = None) -> None:
         """``lanes``: 1, one call at a time; 2, a second thread that runs short calls (measured at most SHORT_S)

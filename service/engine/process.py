@@ -61,12 +61,12 @@ class InProcessEngine:
         self._tasks[0].add_done_callback(_crash_on_exit)
 
     def yield_to_inference(self, nice: int) -> None:
-        """Start the inference thread now, at this thread's priority, then lower this thread's (the event loop's;
-        threads it starts later inherit it): under load the forwards get the cores first. Measured on 2 cores,
+        """Lower this thread's priority (the event loop's; threads it starts later inherit it), the device's
+        inference threads having started at its priority with the registry: under load the forwards get the cores
+        first. Measured on 2 cores,
         mnist-cnn at 64 connections, front-ends at nice 10 both times: the loop at nice 0 served 670-713 req/s,
         at nice 10 706-731."""
         if nice:
-            self.registry.executor.submit(int).result()  # (a ThreadPoolExecutor starts its thread on first use)
             os.nice(nice)
 
     def _on_hang(self, reason: str) -> None:
