@@ -49,6 +49,7 @@ class _Work:
     args: tuple[Any, ...] = field(compare=False)
     future: Future[Any] = field(compare=False)
     account: Callable[[float], None] | None = field(compare=False, default=None)
+    started: float = field(compare=False, default=0.0)  # time.monotonic() when a lane took it
 
 
 class Device(Executor):
@@ -56,7 +57,9 @@ class Device(Executor):
 
     def __init__(self, name: str, watchdog: Watchdog | None = None, lanes: int = 1, cuda: Any = None) -> None:
         """``lanes``: 1, one call at a time; 2, a second thread that runs short calls (measured at most SHORT_S)
-        of other models while the first runs a long one (Triton's instance groups, for the light models).
+        of other models while the first runs a long one: one measured long, or one that has run past SHORT_S
+        this time (a decoding step that refills its rows' context), so a short call waits at most SHORT_S
+        (Triton's instance groups, for the light models).
         ``cuda``: the torch CUDA device, where the device is one: the second lane's kernels go on a stream of
         its own, so they run beside the first lane's instead of queueing behind them on the default stream."""
         self.name = name
@@ -150,11 +153,17 @@ class Device(Executor):
                 if work is not None:
                     self._waiting.remove(work)
                     heapq.heapify(self._waiting)
+                    work.started = time.monotonic()
                     self._running[lane] = work
                     return work
                 if self._closed and (lane > 0 or not self._waiting):
                     return None
-                self._ready.wait()
+                first = self._running.get(0)
+                if lane > 0 and first is not None and self._waiting:
+                    # the first lane's call may outrun SHORT_S (a step that refills, a big prefill): look again then
+                    self._ready.wait(max(0.001, first.started + SHORT_S - time.monotonic()))
+                else:
+                    self._ready.wait()
 
     def _eligible(self, lane: int) -> _Work | None:
         if not self._waiting:
@@ -165,7 +174,7 @@ class Device(Executor):
                 return self._waiting[0]  # the heap's least slack
             return min((w for w in self._waiting if w.model not in busy), default=None)
         first = self._running.get(0)
-        if first is None or self._is_short(first):
+        if first is None or (self._is_short(first) and time.monotonic() - first.started < SHORT_S):
             return None  # the first lane is free, or busy only briefly: waiting for it costs little
         return min((w for w in self._waiting if w.model not in busy and self._is_short(w)), default=None)
 

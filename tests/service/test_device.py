@@ -201,3 +201,30 @@ def test_a_second_lane_runs_short_calls_of_other_models_beside_a_long_one() -> N
         heavy.result(timeout=5), same_model.result(timeout=5)
     finally:
         device.shutdown()
+
+
+def test_a_usually_short_call_that_runs_long_gets_the_second_lane_beside_it() -> None:
+    """A decoding step is short, but one that refills its rows' context is not: the second lane takes the
+    short work waiting behind it once it has run past SHORT_S."""
+    from service.engine.device import SHORT_S
+
+    device = Device("test", lanes=2)
+    try:
+        for model in ("light", "decoder"):
+            device.submit_at(time.sleep, 0.001, deadline=0.0, model=model, kind="step").result(timeout=5)
+        release, started = threading.Event(), threading.Event()
+
+        def long_step() -> None:  # the decoder's usual kind of call, this time long
+            started.set()
+            release.wait(5)
+
+        running = device.submit_at(long_step, deadline=0.0, model="decoder", kind="step")
+        assert started.wait(5)
+        sent = time.monotonic()
+        short = device.submit_at(time.sleep, 0.001, deadline=sent + 1, model="light", kind="step")
+        short.result(timeout=2)
+        assert time.monotonic() - sent < SHORT_S + 0.2 and not running.done()  # beside it, not after it
+        release.set()
+        running.result(timeout=5)
+    finally:
+        device.shutdown()
