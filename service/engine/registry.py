@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -111,7 +113,7 @@ class Registry:
         self.metrics = metrics
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
-        # One inference thread per device, and one scheduler that decides what it runs next (service/engine/device.py).
+        # The device's inference threads and the one scheduler that decides what they run (service/engine/device.py).
         self.executor = Device(str(self.device), watchdog, settings.device_lanes,
                                self.device if self.device.type == "cuda" else None)
         # Loading (read, build, trace, check, warm up) and freeing happen beside serving, on a thread of their own
@@ -319,12 +321,13 @@ class Registry:
             served.required = False  # readiness does not wait for it, and it may be evicted again
 
     def estimated_bytes(self, served: ServedModel) -> int:
-        """What a version will hold once loaded, before it is: its weights file (an upper bound: the device's
-        dtype is as wide or narrower), or what it measured when last loaded."""
+        """What a version will hold once loaded, before it is: what it measured when last loaded, else its
+        tensors as the device will hold them (a floating tensor in the engine's dtype: an fp16 file served in
+        float32 doubles), read from the safetensors headers."""
         if served.resident_bytes:
             return served.resident_bytes
-        files = list(served.path.glob("*.safetensors"))
-        return sum(file.stat().st_size for file in files)
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        return sum(stored_bytes(file, itemsize) for file in served.path.glob("*.safetensors"))
 
     def resident_bytes(self) -> int:
         return sum(served.resident_bytes for served in self.all() if served.scheduler is not None)
@@ -440,6 +443,25 @@ def _lowest_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     except (OSError, AttributeError) as exc:  # not Linux, or not allowed: loads then compete with serving
         log.warning("could not lower the loader thread's priority (%s): loads compete with serving for the CPU", exc)
+
+
+FLOATING = {"F16", "BF16", "F32", "F64"}
+
+
+def stored_bytes(path: Path, float_itemsize: int) -> int:
+    """A safetensors file's tensors once loaded: each floating one at ``float_itemsize`` bytes an element (or its
+    stored size, if larger), the others as stored. Reads only the header (8 bytes of length, then JSON)."""
+    with path.open("rb") as file:
+        length = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(length))
+    total = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        stored = entry["data_offsets"][1] - entry["data_offsets"][0]
+        elements = math.prod(entry["shape"])
+        total += max(stored, elements * float_itemsize) if entry["dtype"] in FLOATING else stored
+    return total
 
 
 def tensor_bytes(module: Any) -> int:
