@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.engine.registry import stored_bytes
 from tests.conftest import make_artifact, make_lm_artifact
 from tests.promtext import samples
 from tests.promtext import value as metric
@@ -23,7 +24,8 @@ CLASSIFIERS = ["cnn-a", "cnn-b", "cnn-c", "cnn-d"]
 
 
 def weights_bytes(path: Path) -> int:
-    return sum(file.stat().st_size for file in path.glob("*.safetensors"))
+    """What the engine counts a version as holding (float32 on the CPU), from its safetensors header."""
+    return sum(stored_bytes(file, 4) for file in path.glob("*.safetensors"))
 
 
 def resident(base: str) -> dict[str, float]:
