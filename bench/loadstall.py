@@ -28,22 +28,11 @@ LOADED = ["sst2-minilm", "shakespeare-gpt", "mnist-ddpm"]
 ADMIN = {"authorization": "Bearer bench-admin"}
 
 
-async def client(base: str, bodies: list[bytes], stop: asyncio.Event, record: list[tuple[float, float, int]]) -> None:
-    async with httpx.AsyncClient(timeout=30) as http:
-        i = 0
-        while not stop.is_set():
-            started = time.monotonic()
-            response = await http.post(f"{base}/v1/models/mnist-cnn/predict", content=bodies[i % len(bodies)],
-                                       headers={"content-type": "image/png"})
-            record.append((started, time.monotonic() - started, response.status_code))
-            i += 1
-
-
 async def scenario(base: str, clients: int, before_s: float, after_s: float) -> dict[str, object]:
     bodies = [sample.png for sample in samples.load(64)]
     record: list[tuple[float, float, int]] = []
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(client(base, bodies, stop, record)) for _ in range(clients)]
+    tasks = [asyncio.create_task(servers.classify_digits(base, bodies, stop, record)) for _ in range(clients)]
     await asyncio.sleep(before_s)
     loads, load_start = {}, time.monotonic()
     async with httpx.AsyncClient(timeout=600) as admin:

@@ -37,27 +37,11 @@ DDPM_STEPS = 50  # mnist-ddpm's default: the samples are asked for without steps
 @dataclass
 class Phase:
     name: str
-    cnn_ms: list[float] = field(default_factory=list)
-    cnn_errors: int = 0
+    cnn: list[tuple[float, float, int]] = field(default_factory=list)  # mnist-cnn's (sent at, seconds, status)
     produced: float = 0.0  # samples or tokens of the other model, from /metrics
     other_ms: list[float] = field(default_factory=list)  # mnist-ddpm: each request's; shakespeare-gpt: each token's gap
     seconds: float = 0.0
     device_s: dict[str, float] = field(default_factory=dict)
-
-
-async def classify(base: str, bodies: list[bytes], pause_s: float, stop: asyncio.Event, phase: Phase) -> None:
-    async with httpx.AsyncClient(timeout=60) as http:
-        i = 0
-        while not stop.is_set():
-            started = time.perf_counter()
-            response = await http.post(f"{base}/v1/models/mnist-cnn/predict", content=bodies[i % len(bodies)],
-                                       headers={"content-type": "image/png"})
-            if response.status_code == 200:
-                phase.cnn_ms.append((time.perf_counter() - started) * 1000)
-            else:
-                phase.cnn_errors += 1
-            i += 1
-            await asyncio.sleep(pause_s)
 
 
 async def sample(base: str, n: int, seed: int, stop: asyncio.Event, phase: Phase) -> None:
@@ -86,30 +70,21 @@ async def generate(base: str, tokens: int, seed: int, stop: asyncio.Event, phase
 
 
 def counters(base: str) -> dict[str, float]:
-    """From /metrics: each model's busy seconds on the device (where the server counts them: ``busy <model>``),
-    mnist-ddpm's rows advanced by one denoising step, and shakespeare-gpt's tokens generated, so far. Rates come
-    from these rather than from finished requests: a 16-sample request takes seconds, too coarse for a phase."""
-    from prometheus_client.parser import text_string_to_metric_families
-
+    """From /metrics: each model's busy seconds on the device (``busy <model>``; 0 where the server does not count
+    them), mnist-ddpm's rows advanced by one denoising step, and shakespeare-gpt's tokens generated, so far. Rates
+    come from these rather than from finished requests: a 16-sample request takes seconds, too coarse for a phase."""
     text = httpx.get(f"{base}/metrics", timeout=10).text
-    found: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            model = s.labels.get("model", "")
-            if s.name == "serve_device_seconds_total":
-                found[f"busy {model}"] = found.get(f"busy {model}", 0.0) + s.value
-            elif s.name == "serve_batch_size_sum" and model == "mnist-ddpm":
-                found["ddpm rows"] = found.get("ddpm rows", 0.0) + s.value
-            elif s.name == "serve_generated_tokens_total" and model == "shakespeare-gpt":
-                found["gpt tokens"] = found.get("gpt tokens", 0.0) + s.value
-    return found
+    found = {f"busy {model}": servers.metric(text, "serve_device_seconds_total", model=model) for model in MODELS}
+    return found | {"ddpm rows": servers.metric(text, "serve_batch_size_sum", model="mnist-ddpm"),
+                    "gpt tokens": servers.metric(text, "serve_generated_tokens_total", model="shakespeare-gpt")}
 
 
 async def run_phase(base: str, name: str, args: argparse.Namespace, bodies: list[bytes]) -> Phase:
     phase, stop = Phase(name), asyncio.Event()
     tasks = []
     if "cnn" in name:
-        tasks += [classify(base, bodies, args.pause_ms / 1000, stop, phase) for _ in range(args.cnn_clients)]
+        tasks += [servers.classify_digits(base, bodies, stop, phase.cnn, args.pause_ms / 1000)
+                  for _ in range(args.cnn_clients)]
     if "ddpm" in name:
         tasks += [sample(base, args.samples, 100 + i, stop, phase) for i in range(args.ddpm_clients)]
     if "gpt" in name:
@@ -134,9 +109,9 @@ async def run_phase(base: str, name: str, args: argparse.Namespace, bodies: list
 
 def figures(phase: Phase) -> dict[str, Any]:
     out: dict[str, Any] = {"phase": phase.name, "seconds": round(phase.seconds, 2)}
-    if phase.cnn_ms:  # (the classifier's requests over the whole phase, the first second too)
-        latencies = np.array(phase.cnn_ms)
-        out |= {"cnn_requests": len(latencies), "cnn_errors": phase.cnn_errors,
+    if phase.cnn:  # (the classifier's requests over the whole phase, the first second too)
+        latencies = np.array([seconds * 1000 for _, seconds, status in phase.cnn if status == 200])
+        out |= {"cnn_requests": len(latencies), "cnn_errors": sum(1 for *_, status in phase.cnn if status != 200),
                 "cnn_p50_ms": round(float(np.percentile(latencies, 50)), 1),
                 "cnn_p99_ms": round(float(np.percentile(latencies, 99)), 1)}
     if "ddpm" in phase.name or "gpt" in phase.name:

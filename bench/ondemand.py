@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench import samples, servers
 from bench.servers import HOST, REPO_ROOT, ServerSpec
@@ -27,18 +26,12 @@ TEXTS = ["sst2-gru", "sst2-lstm", "sst2-transformer"]
 
 
 def engine_figures(base: str) -> dict[str, float]:
-    found = {"resident": 0.0, "loads": 0.0, "evictions": 0.0, "engine_rss": 0.0}
-    for family in text_string_to_metric_families(httpx.get(f"{base}/metrics", timeout=10).text):
-        for s in family.samples:
-            if s.name == "serve_model_resident_bytes":
-                found["resident"] += s.value
-            elif s.name == "serve_model_loads_total":
-                found["loads"] += s.value
-            elif s.name == "serve_model_evictions_total":
-                found["evictions"] += s.value
-            elif s.name == "serve_process_resident_memory_bytes" and s.labels.get("process") == "engine":
-                found["engine_rss"] += s.value  # the whole process (torch itself included), read once a second
-    return found
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    return {"resident": servers.metric(text, "serve_model_resident_bytes"),
+            "loads": servers.metric(text, "serve_model_loads_total"),
+            "evictions": servers.metric(text, "serve_model_evictions_total"),
+            # the whole process (torch itself included), read once a second
+            "engine_rss": servers.metric(text, "serve_process_resident_memory_bytes", process="engine")}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -53,15 +53,9 @@ ENGINE_FIGURES = ("serve_queue_wait_seconds", "serve_batch_size", "serve_inferen
 
 def engine_sums(base: str) -> dict[str, float]:
     """mnist-cnn's sums and counts of the engine's histograms: where the time went, apart from HTTP."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    sums: dict[str, float] = {}
-    for family in text_string_to_metric_families(httpx.get(f"{base}/metrics", timeout=10).text):
-        for s in family.samples:
-            if s.labels.get("model") == "mnist-cnn" and s.name.removesuffix("_sum").removesuffix("_count") in \
-                    ENGINE_FIGURES and s.name.endswith(("_sum", "_count")):
-                sums[s.name] = sums.get(s.name, 0.0) + s.value
-    return sums
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    return {f"{figure}{part}": servers.metric(text, f"{figure}{part}", model="mnist-cnn")
+            for figure in ENGINE_FIGURES for part in ("_sum", "_count")}
 
 
 def one_round(base: str, bodies: dict[str, tuple[Path, int]], args: argparse.Namespace) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -110,6 +111,22 @@ def predict(base_url: str, png: bytes) -> dict[str, Any]:
         raise RuntimeError(f"{base_url}{PREDICT_PATH} answered {status}: {body[:300]!r}")
     result: dict[str, Any] = json.loads(body)
     return result
+
+
+async def classify_digits(base: str, bodies: list[bytes], stop: asyncio.Event,
+                          record: list[tuple[float, float, int]], pause_s: float = 0.0) -> None:
+    """One closed-loop client posting MNIST PNGs to mnist-cnn until ``stop``, a ``pause_s`` pause between
+    requests: (sent at, seconds, status) of each into ``record`` (``time.monotonic()``)."""
+    async with httpx.AsyncClient(timeout=60) as http:
+        i = 0
+        while not stop.is_set():
+            started = time.monotonic()
+            response = await http.post(f"{base}/v1/models/mnist-cnn/predict", content=bodies[i % len(bodies)],
+                                       headers={"content-type": "image/png"})
+            record.append((started, time.monotonic() - started, response.status_code))
+            i += 1
+            if pause_s:
+                await asyncio.sleep(pause_s)
 
 
 def metric(text: str, name: str, **labels: str) -> float:
