@@ -90,37 +90,31 @@ class Device(Executor):
                   account: Callable[[float], None] | None = None, watched: bool = True) -> Future[Any]:
         """Hand over ``fn(*args)`` for ``model``, due by ``deadline`` (``time.monotonic()``); ``account`` gets the
         seconds it held the device."""
-        kind = kind or str(getattr(fn, "__name__", "call"))
-        future: Future[Any] = Future()
-        with self._ready:
-            if self._closed:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if len(self._waiting) >= MAX_PENDING:
-                raise RuntimeError(f"the device {self.name} has {MAX_PENDING} calls waiting")
-            cost = self._costs.get((model, kind), 0.0)
-            run = self._watched(model, kind, fn) if watched and model and self.watchdog is not None else fn
-            heapq.heappush(self._waiting, _Work(deadline - cost, next(self._order), deadline, model, kind, run, args,
-                                                future, account))
-            self._ready.notify_all()
+        [future] = self._push(fn, [args], deadline, model, kind, account, watched)
         return future
 
     def submit_pieces(self, fn: Callable[..., Any], pieces: list[tuple[Any, ...]], *, deadline: float, model: str,
                       account: Callable[[float], None] | None = None) -> list[Future[Any]]:
         """``fn(*args)`` for each ``args`` of ``pieces``: one long piece of work cut up. They share one deadline
         and slack, so they run in this order; other models' more urgent calls run between them."""
-        kind = getattr(fn, "__name__", "call")
-        futures: list[Future[Any]] = []
+        return self._push(fn, pieces, deadline, model, None, account, True)
+
+    def _push(self, fn: Callable[..., Any], calls: list[tuple[Any, ...]], deadline: float, model: str,
+              kind: str | None, account: Callable[[float], None] | None, watched: bool) -> list[Future[Any]]:
+        """Queue ``fn(*args)`` for each of ``calls``, all with one deadline and slack (read once, so they keep
+        their order)."""
+        kind = kind or str(getattr(fn, "__name__", "call"))
+        futures: list[Future[Any]] = [Future() for _ in calls]
         with self._ready:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            if len(self._waiting) + len(pieces) > MAX_PENDING:
+            if len(self._waiting) + len(calls) > MAX_PENDING:
                 raise RuntimeError(f"the device {self.name} has {MAX_PENDING} calls waiting")
             latest_start = deadline - self._costs.get((model, kind), 0.0)
-            run = self._watched(model, kind, fn) if self.watchdog is not None else fn
-            for args in pieces:
-                futures.append(Future())
+            run = self._watched(model, kind, fn) if watched and model and self.watchdog is not None else fn
+            for args, future in zip(calls, futures, strict=True):
                 heapq.heappush(self._waiting, _Work(latest_start, next(self._order), deadline, model, kind, run,
-                                                    args, futures[-1], account))
+                                                    args, future, account))
             self._ready.notify_all()
         return futures
 

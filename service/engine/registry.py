@@ -227,14 +227,17 @@ class Registry:
         batching = BatchConfig(config.max_batch_size, config.max_delay_s, config.capacity)
         return Batcher(label, runtime.forward, batching, self.executor, observer, objective)
 
-    async def _load_version(self, served: ServedModel, why: str) -> bool:
+    async def _load_version(self, served: ServedModel, why: str, raise_refusal: bool = False) -> bool:
         """Load, warm and start one version; a failure marks that version (UNAVAILABLE, with why), nothing else.
-        ``why``: start, request (the repository API), poll or on_demand."""
+        ``why``: start, request (the repository API), poll or on_demand. A version that does not fit the memory
+        budget is not loaded (``raise_refusal``: and the OverBudget or ModelUnavailable is raised)."""
         try:
             await self._make_room(served)
         except (OverBudget, ModelUnavailable) as exc:
             served.state, served.reason = UNAVAILABLE, str(exc)
             log.error("model %s v%d cannot load: %s", served.name, served.version, exc)
+            if raise_refusal:
+                raise
             return False
         self.metrics.loads.labels(served.name, str(served.version), why).inc()
         served.state, served.reason, served.error = LOADING, "loading", None
@@ -315,8 +318,7 @@ class Registry:
         async with self._control:
             if served.ready:
                 return
-            await self._make_room(served)  # raises what the request is to be answered (its load says it again)
-            if not await self._load_version(served, "on_demand"):
+            if not await self._load_version(served, "on_demand", raise_refusal=True):
                 raise ModelUnavailable(f"{served.name} v{served.version} failed to load on demand: {served.reason}")
             served.required = False  # readiness does not wait for it, and it may be evicted again
 
