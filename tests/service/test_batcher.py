@@ -88,6 +88,15 @@ def make(model: RecordingModel, objective: Objective | None = None,
     return batcher, executor, observer
 
 
+async def held(batcher: Batcher, model: RecordingModel, payloads: list[Any], **submit: Any) -> asyncio.Future[Any]:
+    """Submit ``payloads`` and hold their forward on the device (the model's gate closed) until the test opens
+    it: the device is busy, and what comes next waits."""
+    model.gate.clear()
+    running = asyncio.ensure_future(batcher.submit(payloads, later(), **submit))
+    await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+    return running
+
+
 def later(seconds: float = 5.0) -> float:
     return time.monotonic() + seconds
 
@@ -118,9 +127,7 @@ def test_a_higher_priority_is_taken_first_and_within_a_level_the_first_come() ->
         model = RecordingModel()
         batcher, executor, observer = make(model, Objective(0.1, levels=3, default=2), max_batch_size=3,
                                            max_delay_s=0.05)
-        model.gate.clear()
-        first = asyncio.ensure_future(batcher.submit([0], later()))
-        await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+        first = await held(batcher, model, [0])
         # while the device is busy: default (0 = level 2), lowest (3), highest (1), default, highest
         levels = {1: 0, 2: 3, 3: 1, 4: 0, 5: 1}
         waiting = [asyncio.ensure_future(batcher.submit([i], later(), priority=level)) for i, level in levels.items()]
@@ -140,9 +147,7 @@ def test_requests_arriving_while_busy_are_batched_up_to_max_batch_size() -> None
     async def scenario() -> RecordingModel:
         model = RecordingModel()
         batcher, executor, _ = make(model, max_batch_size=4, max_delay_s=0.05)
-        model.gate.clear()
-        first = asyncio.ensure_future(batcher.submit([0], later()))
-        await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+        first = await held(batcher, model, [0])
         others = [asyncio.ensure_future(batcher.submit([i], later())) for i in range(1, 11)]
         await asyncio.sleep(0.1)
         model.gate.set()
@@ -163,9 +168,7 @@ def test_a_batch_closes_after_max_delay_while_the_model_is_busy() -> None:
     async def scenario() -> RecordingModel:
         model = RecordingModel()
         batcher, executor, _ = make(model, max_batch_size=100, max_delay_s=0.05)
-        model.gate.clear()
-        first = asyncio.ensure_future(batcher.submit(["a"], later()))
-        await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+        first = await held(batcher, model, ["a"])
         early = asyncio.ensure_future(batcher.submit(["b"], later()))
         await asyncio.sleep(0.15)  # past the delay: the batch holding "b" has closed
         late = asyncio.ensure_future(batcher.submit(["c"], later()))
@@ -184,9 +187,7 @@ def test_full_queue_answers_at_once_with_retry_after() -> None:
     async def scenario() -> None:
         model = RecordingModel()
         batcher, executor, observer = make(model, max_batch_size=1, max_queue=3)
-        model.gate.clear()
-        running = asyncio.ensure_future(batcher.submit([1], later()))
-        await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+        running = await held(batcher, model, [1])
         queued = asyncio.ensure_future(batcher.submit([2, 3], later()))
         await asyncio.sleep(0.01)
         gc.disable()  # a collection of the whole suite's heap (0.4 s once in CI) is not what this times
@@ -211,9 +212,7 @@ def test_expired_items_get_deadline_exceeded_and_are_never_forwarded() -> None:
     async def scenario() -> RecordingModel:
         model = RecordingModel()
         batcher, executor, observer = make(model, max_batch_size=8)
-        model.gate.clear()
-        running = asyncio.ensure_future(batcher.submit(["slow"], later()))
-        await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+        running = await held(batcher, model, ["slow"])
         with pytest.raises(DeadlineExceeded):
             await batcher.submit(["expires"], time.monotonic() + 0.05)
         with pytest.raises(DeadlineExceeded):
@@ -234,9 +233,7 @@ def test_items_of_a_cancelled_caller_are_skipped_before_the_forward() -> None:
     async def scenario() -> tuple[RecordingModel, dict[str, int]]:
         model = RecordingModel()
         batcher, executor, observer = make(model, max_batch_size=8)
-        model.gate.clear()
-        running = asyncio.ensure_future(batcher.submit(["busy"], later()))
-        await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+        running = await held(batcher, model, ["busy"])
         gone = asyncio.ensure_future(batcher.submit(["gone", "gone too"], later()))
         stays = asyncio.ensure_future(batcher.submit(["stays"], later()))
         await asyncio.sleep(0.01)
@@ -258,9 +255,7 @@ def test_a_failing_forward_fails_only_its_own_batch() -> None:
     async def scenario() -> None:
         model = RecordingModel(fail_on=lambda batch: "poison" in batch)
         batcher, executor, _ = make(model, max_batch_size=1)
-        model.gate.clear()
-        first = asyncio.ensure_future(batcher.submit(["ok-1"], later()))
-        await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+        first = await held(batcher, model, ["ok-1"])
         poisoned = asyncio.ensure_future(batcher.submit(["poison"], later()))
         second = asyncio.ensure_future(batcher.submit(["ok-2"], later()))
         model.gate.set()
@@ -381,9 +376,7 @@ def test_the_queue_takes_exactly_max_queue_inputs() -> None:
     async def scenario() -> None:
         model = RecordingModel()
         batcher, executor, _ = make(model, max_batch_size=1, max_queue=3)
-        model.gate.clear()
-        running = asyncio.ensure_future(batcher.submit([1], later()))
-        await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+        running = await held(batcher, model, [1])
         queued = [asyncio.ensure_future(batcher.submit([2, 3], later()))]
         await asyncio.sleep(0.01)
         queued.append(asyncio.ensure_future(batcher.submit([4], later())))  # 2 + 1 = 3: fits exactly
@@ -402,9 +395,7 @@ def test_retry_after_is_the_time_to_work_off_the_queue() -> None:
     async def scenario() -> list[int]:
         model = RecordingModel()
         batcher, executor, _ = make(model, max_batch_size=2, max_queue=8)
-        model.gate.clear()
-        running = asyncio.ensure_future(batcher.submit([0], later()))
-        await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+        running = await held(batcher, model, [0])
         waiting = asyncio.ensure_future(batcher.submit(list(range(1, 9)), later()))
         await asyncio.sleep(0.01)
         advised = []
@@ -507,9 +498,7 @@ def test_inputs_from_two_front_ends_in_one_batch_are_counted_as_mixed() -> None:
         batcher, executor, observer = make(model, max_batch_size=8, max_delay_s=0.2)
         sources: list[int] = []
         observer.batch_done = lambda size, seconds, n=1: sources.append(n)  # type: ignore[method-assign]
-        model.gate.clear()
-        first = asyncio.ensure_future(batcher.submit([0], later(), source=b"a"))
-        await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+        first = await held(batcher, model, [0], source=b"a")
         rest = [asyncio.ensure_future(batcher.submit([i], later(), source=s)) for i, s in ((1, b"a"), (2, b"b"))]
         await asyncio.sleep(0.02)
         model.gate.set()
@@ -675,9 +664,7 @@ def test_a_full_queue_is_purged_before_it_refuses() -> None:
     async def scenario() -> list[Any]:
         model = RecordingModel()
         batcher, executor, _ = make(model, max_batch_size=1, max_queue=3)
-        model.gate.clear()
-        running = asyncio.ensure_future(batcher.submit([1], later()))
-        await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+        running = await held(batcher, model, [1])
         kept = asyncio.ensure_future(batcher.submit([2], later()))  # closed behind the running forward
         await asyncio.sleep(0.01)
         leaving = asyncio.ensure_future(batcher.submit([3, 4], later()))  # two places in the queue
