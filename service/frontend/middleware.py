@@ -61,15 +61,6 @@ class ServeMiddleware:
     async def _serve(self, scope: Scope, receive: Receive, send: Send, declared: int | None,
                      id_header: tuple[bytes, bytes], record: AccessRecord | None) -> None:
         started = scope[ARRIVAL_KEY]
-        if PRIORITY.get() < 0:
-            response = error_response(400, "X-Priority must be a whole number: 1 (the highest) up to the model's "
-                                      "priority levels, or 0 for its default", "invalid_input",
-                                      headers={"X-Request-ID": id_header[1].decode()})
-            await response(scope, receive, send)
-            self._record(scope, 400, 0.0)
-            if record is not None:
-                self._log_access(scope, record, 400, started, None, None)
-            return
         requested = requested_model(scope)
         if requested is not None and (refusal := fast_refusal(scope, requested)):
             if self.refusal_delay_s:
@@ -170,7 +161,8 @@ def _template(scope: Scope) -> str:
 
 def _headers_of_interest(scope: Scope) -> tuple[int | None, bytes | None, int | None]:
     """Content-Length (None if absent or not a number), X-Request-ID and X-Priority (-1 if not a whole number
-    >= 0), in one pass over the headers."""
+    >= 0: the inference routes answer it 400, where they check the level against the model's), in one pass over
+    the headers."""
     length = request_id = priority = None
     for key, value in scope.get("headers", []):
         if key == b"content-length":

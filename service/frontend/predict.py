@@ -134,7 +134,10 @@ def checked_priority(served: ServedModel, priority: int) -> int:
     """A request's priority level (the X-Priority header's, or V2's ``parameters.priority``; 0: the model's
     default), 400 when the model has no such level."""
     levels = served.config.priority_levels
-    if not 0 <= priority <= levels:
+    if priority < 0:  # the middleware's mark of an X-Priority header that is no whole number
+        raise ServeError(400, "X-Priority must be a whole number: 1 (the highest) up to the model's priority levels, "
+                         "or 0 for its default", "invalid_input")
+    if priority > levels:
         raise ServeError(400, f"priority {priority} is not one of model {served.name}'s levels: 1 (the highest) to "
                          f"{levels}, or 0 for its default ({served.config.default_priority})", "invalid_input")
     return priority
